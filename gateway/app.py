@@ -1,0 +1,71 @@
+"""Assemble and run one gateway process: Redis, the ledger services, the sweeper, the listeners.
+
+``run_gateway`` is what ``creditgate run`` calls. It starts the embedded redis-server when no
+``[redis] url`` is configured, loads the rate deck and follows its changes, and runs the
+housekeeping loop that settles reservations whose owner died and retries settlements kept during
+a ledger outage. It stops cleanly on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from gateway.config import Config
+from gateway.ledger.client import LedgerUnavailable
+from gateway.services import Services, open_services
+
+__all__ = ["run_gateway", "serve"]
+
+log = logging.getLogger("creditgate")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+async def serve(svc: Services, stop: asyncio.Event) -> None:
+    """Run the process's long-lived tasks until ``stop`` is set."""
+    try:
+        await svc.rates.load()
+    except LedgerUnavailable as exc:
+        log.error("rate deck not loaded: %s", exc)
+    svc.rates.watch()
+    housekeeping = asyncio.ensure_future(svc.engine.run_housekeeping(svc.config.credit.sweep_interval_s))
+    log.info("creditgate ready: ledger at %s (data_dir %s)", svc.url, svc.config.data_dir)
+    try:
+        await stop.wait()
+    finally:
+        housekeeping.cancel()
+        await asyncio.gather(housekeeping, return_exceptions=True)
+        await svc.rates.stop()
+        if svc.engine.pending_settlements:
+            await svc.engine.retry_pending()
+
+
+def run_gateway(config: Config, *, workers: int = 1) -> int:
+    _configure_logging(config.log_level)
+    if workers != 1:
+        log.error("--workers %d: only one process is supported by this version", workers)
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with open_services(config, pipeline=True) as svc:
+            await serve(svc, stop)
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+    log.info("creditgate stopped")
+    return 0

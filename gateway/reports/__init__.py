@@ -1,0 +1,1 @@
+"""Reports: live calls, CDRs and the PSTN usage report."""

@@ -1,0 +1,72 @@
+"""Assemble the service layer the CLI and the HTTP API share: Redis, ledger, directory, rates, engine.
+
+``open_services(config)`` connects to ``[redis] url`` or, when it is empty, to the embedded
+redis-server of ``data_dir`` (reusing the one a running gateway started, else starting one and
+stopping it again on exit). ``[redis] cluster = true`` uses a Redis Cluster client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from gateway.config import Config
+from gateway.credit.engine import CreditEngine
+from gateway.directory import Directory
+from gateway.ledger.client import Ledger
+from gateway.ledger.embedded import EmbeddedRedis, ensure_redis
+from gateway.ratestore import RateStore
+
+__all__ = ["Services", "open_services", "redis_client"]
+
+
+def redis_client(url: str, *, cluster: bool = False, timeout_s: float = 1.0) -> Any:
+    """An asyncio Redis (or Redis Cluster) client with the ledger's timeouts and no silent retries."""
+    common: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "decode_responses": False,
+    }
+    if cluster:
+        return RedisCluster.from_url(url, **common)
+    # A retry inside redis-py would hide an outage behind a longer wait: the engine decides.
+    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), health_check_interval=0,
+                                   max_connections=256, **common)
+
+
+@dataclass(slots=True)
+class Services:
+    config: Config
+    client: Any
+    ledger: Ledger
+    directory: Directory
+    rates: RateStore
+    engine: CreditEngine
+    url: str
+    embedded: EmbeddedRedis | None = None
+
+
+@contextlib.asynccontextmanager
+async def open_services(config: Config, *, pipeline: bool = False) -> AsyncIterator[Services]:
+    embedded: EmbeddedRedis | None = None
+    url = config.redis.url
+    if not url:
+        url, embedded = ensure_redis(config.data_dir.resolve(), config.redis.appendfsync)
+    client = redis_client(url, cluster=config.redis.cluster, timeout_s=config.redis.timeout_s)
+    try:
+        ledger = Ledger(client, pipeline=pipeline and not config.redis.cluster)
+        directory = Directory(client)
+        rates = RateStore(client)
+        engine = CreditEngine(ledger=ledger, directory=directory, rates=rates, config=config.credit)
+        yield Services(config=config, client=client, ledger=ledger, directory=directory, rates=rates,
+                       engine=engine, url=url, embedded=embedded)
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            embedded.stop()
