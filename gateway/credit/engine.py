@@ -18,7 +18,7 @@ from typing import Any
 
 from dialplans import Destination, DialplanError, IncompleteNumber, normalize
 
-from rating_core import Rate, charge, max_seconds
+from rating_core import UNLIMITED_SECONDS, Rate, charge, max_seconds
 
 from gateway.config import CreditConfig
 from gateway.credit.errors import CreditRefused, Refusal, refusal
@@ -207,7 +207,7 @@ class CreditEngine:
         cfg = self.config
         offline_grant = None
         if verdict.emergency:
-            offline_grant = 2147483647
+            offline_grant = UNLIMITED_SECONDS
         elif cfg.on_ledger_outage == "fail_open" and now - (self.outage.since or now) < cfg.fail_open_max_s:
             budget = cfg.fail_open_max_micros - self.outage.exposure
             if verdict.pays == "included":

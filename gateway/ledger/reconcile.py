@@ -28,6 +28,7 @@ class Reconciliation:
     cdrs: int = 0
     live_calls: int = 0
     live_held: int = 0
+    live_committed: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -90,20 +91,24 @@ async def reconcile(ledger: Ledger, org: str) -> Reconciliation:
         if c["call"] in seen:
             rep.problems.append(f"call {c['call']} has more than one CDR ({entry_id})")
         seen.add(c["call"])
-    if rep.cdr_charges != rep.debited:
-        rep.problems.append(f"CDR charges {rep.cdr_charges} != debits in the audit {rep.debited}")
 
     # Every reservation belongs to a live call with a lease, and they add up to 'reserved'.
     live_ids = set(await ledger.live_call_ids(org))
     rep.live_calls = len(live_ids)
-    held = 0
+    held = committed = 0
     for call_id in live_ids:
         rec = await ledger.call_record(org, call_id)
         if rec.get("st") not in ("held", "live"):
             rep.problems.append(f"lease for call {call_id} that is not live (state {rec.get('st')!r})")
             continue
         held += int(rec.get("held", 0)) - int(rec.get("com", 0))
+        committed += int(rec.get("com", 0))
     rep.live_held = held
+    rep.live_committed = committed
+    # Every debit is either in a CDR (settled calls) or committed by a call still running.
+    if rep.cdr_charges + committed != rep.debited:
+        rep.problems.append(f"CDR charges {rep.cdr_charges} + committed by live calls {committed} "
+                            f"!= debits in the audit {rep.debited}")
     if held != bal.reserved:
         rep.problems.append(f"reserved {bal.reserved} != sum held by live calls {held}")
     k = OrgKeys(org)

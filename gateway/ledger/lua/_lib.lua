@@ -8,7 +8,8 @@
 -- Scripts read TIME and then write: replicate their effects, not the script (a no-op on 7.x).
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 
-local UNLIMITED = 2147483647
+-- Twin of rating_core.UNLIMITED_SECONDS (= MAX_CALL_SECONDS): "no limit the balance imposes".
+local UNLIMITED = 100000000
 
 local function int(v)
   if not v then return 0 end
