@@ -287,9 +287,6 @@ class Directory:
         if not await self._call(self.client.hsetnx(GLOBAL.orgs, oid, json.dumps(org.to_dict()))):
             await self._call(self.client.hdel(GLOBAL.org_names, name.lower()))
             raise InvalidInput(f"organization id {oid!r} is taken", "name")
-        k = OrgKeys(oid)
-        await self._call(self.client.hset(k.account, mapping={"balance": 0, "reserved": 0, "live": 0,
-                                                              "funded": 0, "spent": 0}))
         token = await self.create_token(oid, "org_admin", label="first admin token")
         return org, token
 

@@ -19,7 +19,7 @@ from redis.retry import Retry
 from gateway.config import Config
 from gateway.credit.engine import CreditEngine
 from gateway.directory import Directory
-from gateway.ledger.client import Ledger
+from gateway.ledger.client import MAX_IN_FLIGHT, Ledger
 from gateway.ledger.embedded import EmbeddedRedis, ensure_redis
 from gateway.ratestore import RateStore
 
@@ -34,10 +34,12 @@ def redis_client(url: str, *, cluster: bool = False, timeout_s: float = 1.0) -> 
         "decode_responses": False,
     }
     if cluster:
-        return RedisCluster.from_url(url, **common)
+        return RedisCluster.from_url(url, max_connections=MAX_IN_FLIGHT + 8, **common)
     # A retry inside redis-py would hide an outage behind a longer wait: the engine decides.
-    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), health_check_interval=0,
-                                   max_connections=256, **common)
+    # A bounded pool that waits for a free connection (up to the timeout) instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=MAX_IN_FLIGHT + 8, timeout=timeout_s, retry=Retry(NoBackoff(), 0),
+                                                    health_check_interval=0, **common)
+    return aioredis.Redis(connection_pool=pool)
 
 
 @dataclass(slots=True)
@@ -60,6 +62,10 @@ async def open_services(config: Config, *, pipeline: bool = False) -> AsyncItera
         url, embedded = ensure_redis(config.data_dir.resolve(), config.redis.appendfsync)
     client = redis_client(url, cluster=config.redis.cluster, timeout_s=config.redis.timeout_s)
     try:
+        if config.redis.cluster:
+            # Learn the slot map once, before concurrent first requests race to do it (redis-py
+            # drops connections in use when several initializations overlap).
+            await client.initialize()
         ledger = Ledger(client, pipeline=pipeline and not config.redis.cluster)
         directory = Directory(client)
         rates = RateStore(client)

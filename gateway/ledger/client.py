@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Iterable, Sequence
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from rating_core.errors import CreditgateError
 
-from gateway.ledger.keys import OrgKeys, day_of, month_of
+from gateway.ledger.keys import OrgKeys, month_of
 
 __all__ = [
     "Ledger",
@@ -37,6 +39,13 @@ __all__ = [
     "MAX_BALANCE_MICROS",
     "utc_now_iso",
 ]
+
+CALL_FIELDS = ("st", "seq", "pays", "lic", "fee", "rate", "inc1", "inc2", "chunk", "g", "pg", "mg", "cf", "held",
+               "com", "fin", "emergency")
+ACCT_FIELDS = ("balance", "reserved", "live", "funded", "spent", "sday", "sdayamt", "rc_pending")
+
+# Requests in flight at once without pipelining; the client's connection pools allow as many.
+MAX_IN_FLIGHT = 64
 
 # Lua numbers are doubles: every amount stays below 2^53 to stay exact (see _lib.lua).
 MAX_BALANCE_MICROS = 2**53 - 1
@@ -126,43 +135,49 @@ class Balance:
         return self.balance - self.reserved
 
 
-def _fields(raw: bytes | str) -> list[str]:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    return text.split("|")
+# Twins of R, CALL_FIELDS and ACCT_FIELDS in _lib.lua: results and states are packed integers.
+REASONS = ("ok", "final", "no_credit", "no_minutes", "concurrency", "daily_limit", "unknown_call", "settled",
+           "bad_seq", "not_due", "gone", "too_large", "bad_amount", "fail_open")
+_RESULT = struct.Struct("<9q")
+_CALL = struct.Struct("<%dq" % len(CALL_FIELDS))
+_ACCT = struct.Struct("<%dq" % len(ACCT_FIELDS))
+CALL_STATES = ("refused", "held", "live", "done")
+PAYERS = ("", "credits", "plan", "included")
 
 
-def _grant(raw: bytes | str) -> Grant:
-    f = _fields(raw)
-    return Grant(
-        ok=f[0] == "1",
-        reason=f[1],
-        granted_s=int(f[2]),
-        held=int(f[3]),
-        final=f[4] == "1",
-        max_s=int(f[5]),
-        balance=int(f[6]),
-        reserved=int(f[7]),
-        seq=int(f[8]),
-    )
+def _result(raw: bytes) -> tuple[int, ...]:
+    return _RESULT.unpack(raw)
 
 
-def _settlement(raw: bytes | str) -> Settlement:
-    f = _fields(raw)
-    return Settlement(
-        ok=f[0] == "1",
-        reason=f[1],
-        charge=int(f[2]),
-        billed_s=int(f[3]),
-        extra=int(f[4]),
-        balance=int(f[5]),
-        reserved=int(f[6]),
-        debit=int(f[7]),
-    )
+def _grant(raw: bytes) -> Grant:
+    ok, reason, g, held, final, max_s, bal, reserved, seq = _RESULT.unpack(raw)
+    return Grant(ok=ok == 1, reason=REASONS[reason], granted_s=g, held=held, final=final == 1, max_s=max_s,
+                 balance=bal, reserved=reserved, seq=seq)
 
 
-def _funding(raw: bytes | str) -> Funding:
-    f = _fields(raw)
-    return Funding(ok=f[0] == "1", reason=f[1], balance=int(f[2]), amount=int(f[3]))
+def _settlement(raw: bytes) -> Settlement:
+    ok, reason, charge, billed, extra, bal, reserved, debit, _ = _RESULT.unpack(raw)
+    return Settlement(ok=ok == 1, reason=REASONS[reason], charge=charge, billed_s=billed, extra=extra,
+                      balance=bal, reserved=reserved, debit=debit)
+
+
+def _funding(raw: bytes) -> Funding:
+    ok, reason, bal, amount, *_ = _RESULT.unpack(raw)
+    return Funding(ok=ok == 1, reason=REASONS[reason], balance=bal, amount=amount)
+
+
+def decode_call_state(raw: bytes) -> dict[str, Any]:
+    """A call's packed state as a dict; ``st`` and ``pays`` as names."""
+    rec: dict[str, Any] = dict(zip(CALL_FIELDS, _CALL.unpack(raw)))
+    rec["st"] = CALL_STATES[rec["st"]]
+    rec["pays"] = PAYERS[rec["pays"]]
+    return rec
+
+
+def decode_account(raw: bytes | None) -> dict[str, int]:
+    if raw is None:
+        return dict.fromkeys(ACCT_FIELDS, 0)
+    return dict(zip(ACCT_FIELDS, _ACCT.unpack(raw)))
 
 
 def _load_scripts() -> dict[str, str]:
@@ -222,22 +237,42 @@ class _Pipeliner:
                 fut.set_result(res)
 
     async def _execute(self, batch: list[tuple[str, str, Sequence[Any], asyncio.Future[Any]]]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for sha, _, args, _ in batch:
-                pipe.execute_command("EVALSHA", sha, *args)
-            results = await pipe.execute(raise_on_error=False)
+        results = await self._round_trip([(sha, args) for sha, _, args, _ in batch])
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
+            # Redis restarted or its script cache was flushed: load what is missing, resend those.
             for script in {batch[i][1] for i in missing}:
                 await self._client.script_load(script)
-            async with self._client.pipeline(transaction=False) as pipe:
-                for i in missing:
-                    sha, _, args, _ = batch[i]
-                    pipe.execute_command("EVALSHA", sha, *args)
-                retried = await pipe.execute(raise_on_error=False)
+            retried = await self._round_trip([(batch[i][0], batch[i][2]) for i in missing])
             for i, r in zip(missing, retried):
                 results[i] = r
         return results
+
+    async def _round_trip(self, calls: list[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Write every EVALSHA at once on one connection, then read the replies in order.
+
+        Packing with hiredis and reading replies straight off the connection skips redis-py's
+        pipeline machinery, which costs more per command than the ledger scripts themselves.
+        """
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(
+                b"".join([hiredis.pack_command(("EVALSHA", sha, *args)) for sha, args in calls]),
+                check_health=False,
+            )
+            results: list[Any] = []
+            for _ in calls:
+                try:
+                    results.append(await conn.read_response())
+                except ResponseError as exc:  # one script's error is that caller's, not the batch's
+                    results.append(exc)
+            return results
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
 
 class Ledger:
@@ -258,6 +293,9 @@ class Ledger:
         self.max_balance = min(max_balance, MAX_BALANCE_MICROS)
         self._scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
         self._pipeliner = _Pipeliner(client) if pipeline else None
+        # Without pipelining each request holds a connection: bound them, so that a burst of calls
+        # waits for a connection instead of opening hundreds at once (or failing).
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -267,21 +305,22 @@ class Ledger:
         try:
             if self._pipeliner is not None:
                 return await self._pipeliner.call(script.sha, _SCRIPTS[name], [len(keys), *keys, *args])
-            return await script(keys=keys, args=args)
+            async with self._in_flight:
+                return await script(keys=keys, args=args)
         except ResponseError as exc:
             raise LedgerError(f"ledger script {name} failed: {exc}") from exc
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise LedgerUnavailable(f"ledger unreachable: {exc}") from exc
 
     @staticmethod
-    def call_keys(k: OrgKeys, call_or_fundings: str, month: str, day: str) -> list[str]:
+    def call_keys(k: OrgKeys, call_or_fundings: str, month: str) -> list[str]:
+        """The nine KEYS of every script, in the order of ``K`` in _lib.lua."""
         return [
             k.account,
             call_or_fundings,
             k.leases,
             k.allotments,
             k.minutes(month),
-            k.spend(day),
             k.audit,
             k.cdrs,
             k.outbox,
@@ -302,7 +341,7 @@ class Ledger:
     ) -> Funding:
         k = OrgKeys(org)
         now = time.time() if ts is None else ts
-        keys = self.call_keys(k, k.fundings, month_of(now), day_of(now))
+        keys = self.call_keys(k, k.fundings, month_of(now))
         raw = await self._run(
             "fund", keys, [amount, kind, idempotency_key, utc_now_iso(now), note, self.max_balance]
         )
@@ -331,7 +370,7 @@ class Ledger:
             raise LedgerError(f"unknown payer {pays!r}")
         k = OrgKeys(org)
         now = time.time()
-        keys = self.call_keys(k, k.call(call_id), month or month_of(now), day_of(now))
+        keys = self.call_keys(k, k.call(call_id), month or month_of(now))
         raw = await self._run(
             "reserve",
             keys,
@@ -360,7 +399,7 @@ class Ledger:
     ) -> Grant:
         k = OrgKeys(org)
         now = time.time()
-        keys = self.call_keys(k, k.call(call_id), month, day_of(now))
+        keys = self.call_keys(k, k.call(call_id), month)
         raw = await self._run("extend", keys, [call_id, seq, lease_ms, daily_limit, utc_now_iso(now)])
         return _grant(raw)
 
@@ -378,7 +417,7 @@ class Ledger:
     ) -> Settlement:
         k = OrgKeys(org)
         now = time.time()
-        keys = self.call_keys(k, k.call(call_id), month, day_of(now))
+        keys = self.call_keys(k, k.call(call_id), month)
         raw = await self._run(
             "settle",
             keys,
@@ -400,10 +439,10 @@ class Ledger:
         k = OrgKeys(org)
         now = time.time()
         try:
-            minutes_key = await self.client.hget(k.call(call_id), "minutes_key")
+            minutes_key = await self.client.hget(k.call(call_id), "mk")
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise LedgerUnavailable(f"ledger unreachable: {exc}") from exc
-        keys = self.call_keys(k, k.call(call_id), month_of(now), day_of(now))
+        keys = self.call_keys(k, k.call(call_id), month_of(now))
         if minutes_key:
             keys[4] = minutes_key.decode() if isinstance(minutes_key, bytes) else minutes_key
         raw = await self._run("expire", keys, [call_id, utc_now_iso(now), self.retention_s])
@@ -440,7 +479,7 @@ class Ledger:
     ) -> Settlement:
         k = OrgKeys(org)
         now = time.time()
-        keys = self.call_keys(k, k.call(call_id), month_of(now), day_of(now))
+        keys = self.call_keys(k, k.call(call_id), month_of(now))
         raw = await self._run(
             "late_settle",
             keys,
@@ -466,11 +505,12 @@ class Ledger:
     async def balance(self, org: str) -> Balance:
         k = OrgKeys(org)
         try:
-            vals = await self.client.hmget(k.account, "balance", "reserved", "live", "funded", "spent")
+            raw = await self.client.hget(k.account, "v")
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise LedgerUnavailable(f"ledger unreachable: {exc}") from exc
-        b, r, live, funded, spent = (int(v) if v is not None else 0 for v in vals)
-        return Balance(balance=b, reserved=r, live=live, funded=funded, spent=spent)
+        a = decode_account(raw)
+        return Balance(balance=a["balance"], reserved=a["reserved"], live=a["live"], funded=a["funded"],
+                       spent=a["spent"])
 
     async def stream(
         self, key: str, *, start: str = "-", end: str = "+", page: int = 1000
@@ -503,12 +543,18 @@ class Ledger:
             raise LedgerUnavailable(f"ledger unreachable: {exc}") from exc
         return [_s(i) for i in ids]
 
-    async def call_record(self, org: str, call_id: str) -> dict[str, str]:
+    async def call_record(self, org: str, call_id: str) -> dict[str, Any]:
+        """A call's state as the scripts keep it (``CALL_FIELDS``), its ``bucket`` and ``meta``; {} if unknown."""
         try:
-            raw = await self.client.hgetall(OrgKeys(org).call(call_id))
+            state, bucket, meta = await self.client.hmget(OrgKeys(org).call(call_id), "s", "b", "meta")
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise LedgerUnavailable(f"ledger unreachable: {exc}") from exc
-        return {_s(a): _s(b) for a, b in raw.items()}
+        if state is None:
+            return {}
+        rec = decode_call_state(state)
+        rec["bucket"] = _s(bucket) if bucket is not None else ""
+        rec["meta"] = _s(meta) if meta is not None else "{}"
+        return rec
 
 
 def _s(v: Any) -> str:

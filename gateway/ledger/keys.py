@@ -51,7 +51,7 @@ class OrgKeys:
 
     @property
     def account(self) -> str:
-        """Hash of integers: balance, reserved, live, funded, spent (micro-units)."""
+        """Hash of integers: balance, reserved, live, funded, spent, today's spend, recharge settings."""
         return self._p + "acct"
 
     def call(self, call_id: str) -> str:
@@ -97,10 +97,6 @@ class OrgKeys:
         """Hash for one UTC month ('YYYYMM'): '<plan>:<bucket>:used|held' in seconds."""
         return self._p + "min:" + month
 
-    def spend(self, day: str) -> str:
-        """Integer: micro-units debited on one UTC day ('YYYYMMDD'), for the daily spend limit."""
-        return self._p + "spend:" + day
-
     @property
     def users(self) -> str:
         """Hash: user id -> JSON record."""
@@ -142,6 +138,3 @@ GLOBAL = GlobalKeys()
 def month_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m")
 
-
-def day_of(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m%d")

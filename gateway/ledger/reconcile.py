@@ -101,8 +101,8 @@ async def reconcile(ledger: Ledger, org: str) -> Reconciliation:
         if rec.get("st") not in ("held", "live"):
             rep.problems.append(f"lease for call {call_id} that is not live (state {rec.get('st')!r})")
             continue
-        held += int(rec.get("held", 0)) - int(rec.get("com", 0))
-        committed += int(rec.get("com", 0))
+        held += rec["held"] - rec["com"]
+        committed += rec["com"]
     rep.live_held = held
     rep.live_committed = committed
     # Every debit is either in a CDR (settled calls) or committed by a call still running.
@@ -118,8 +118,8 @@ async def reconcile(ledger: Ledger, org: str) -> Reconciliation:
             call_id = name[len(k.call("")):]
             if call_id in live_ids:
                 continue
-            st = await ledger.client.hget(name, "st")
-            if st is not None and (st.decode() if isinstance(st, bytes) else st) in ("held", "live"):
+            rec = await ledger.call_record(org, call_id)
+            if rec.get("st") in ("held", "live"):
                 rep.problems.append(f"call {call_id} holds a reservation without a lease")
     except OSError as exc:  # pragma: no cover - surfaced as an outage, like every Redis error
         raise LedgerUnavailable(str(exc)) from exc

@@ -20,7 +20,7 @@ async def live_calls(ledger: Ledger, org: Org) -> list[dict[str, Any]]:
         if rec.get("st") not in ("held", "live"):
             continue
         meta = json.loads(rec.get("meta") or "{}")
-        held = int(rec.get("held", 0)) - int(rec.get("com", 0))
+        held = rec["held"] - rec["com"]
         rows.append({
             "call_id": call_id,
             "state": "billing" if rec.get("st") == "live" else "reserved",
@@ -31,10 +31,10 @@ async def live_calls(ledger: Ledger, org: Org) -> list[dict[str, Any]]:
             "destination": meta.get("destination", ""),
             "direction": meta.get("direction", ""),
             "conference_id": meta.get("conference_id", ""),
-            "paid_by": rec.get("pays", ""),
-            "granted_s": int(rec.get("g", 0)),
+            "paid_by": rec["pays"],
+            "granted_s": rec["g"],
             "held": format_money(held),
-            "charged_so_far": format_money(int(rec.get("com", 0))),
+            "charged_so_far": format_money(rec["com"]),
             "currency": org.currency,
         })
     return sorted(rows, key=lambda r: r["call_id"])

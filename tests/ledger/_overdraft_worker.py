@@ -54,6 +54,8 @@ async def session(ledger: Ledger, org: str, call: str, rng: random.Random, stats
 
 async def main(url: str, cluster: bool, org: str, prefix: str, n: int, seed: int) -> None:
     client = redis_client(url, cluster=cluster, timeout_s=30.0)
+    if cluster:
+        await client.initialize()  # learn the slots once, before 500 sessions race to do it
     ledger = Ledger(client, pipeline=not cluster)
     rng = random.Random(seed)
     stats = {"refused": 0, "reserved": 0, "extends": 0, "settled": 0, "charged": 0, "min_balance": 1 << 62}

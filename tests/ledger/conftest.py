@@ -23,6 +23,8 @@ def ledger_target(request: pytest.FixtureRequest) -> tuple[str, bool]:
 async def ledger_client(ledger_target: tuple[str, bool]) -> AsyncIterator[Any]:
     url, cluster = ledger_target
     client = redis_client(url, cluster=cluster, timeout_s=5.0)
+    if cluster:
+        await client.initialize()
     try:
         yield client
     finally:

@@ -68,8 +68,9 @@ async def test_no_overdraft_from_two_processes(ledger: Ledger, ledger_client: An
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["ok"] is True
 
-    # A single micro-unit slipped into the balance behind the ledger's back is caught.
-    await ledger_client.hincrby(OrgKeys(org.id).account, "balance", 1)
+    # A single micro-unit slipped into the audit behind the ledger's back is caught.
+    await ledger_client.xadd(OrgKeys(org.id).audit, {"type": "fund", "amount": "1", "balance": str(bal.balance + 1),
+                                                     "call": "", "seq": "0", "ts": "", "note": "forged"})
     bad = _cli(config, "reconcile", org.id)
     assert bad.returncode == 1
     assert "DIFFERENCE" in bad.stdout

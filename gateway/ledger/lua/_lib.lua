@@ -79,15 +79,37 @@ local function seg_max(c, budget, with_fee)
   return c.inc1 + k * c.inc2
 end
 
-local function load_call(key)
-  local h = redis.call('HGETALL', key)
-  if #h == 0 then return nil end
+-- A call's state is one packed field ('s') of its hash (17 signed 64-bit integers), read with
+-- HMGET next to the few other fields a script needs: unpacking it is far cheaper inside Redis than
+-- HGETALL of a wide hash or splitting text. Mirrored by CALL_FIELDS in gateway/ledger/client.py.
+local CALL_FIELDS = {'st', 'seq', 'pays', 'lic', 'fee', 'rate', 'inc1', 'inc2', 'chunk',
+                     'g', 'pg', 'mg', 'cf', 'held', 'com', 'fin', 'emergency'}
+local CALL_FORMAT = '<' .. string.rep('i8', #CALL_FIELDS)
+local ST = {refused = 0, held = 1, live = 2, done = 3}
+local PAYS = {credits = 1, plan = 2, included = 3}
+
+local function unpack_call(s)
+  local v = {struct.unpack(CALL_FORMAT, s)}
   local c = {}
-  for i = 1, #h, 2 do c[h[i]] = h[i + 1] end
-  for _, f in ipairs({'fee', 'rate', 'inc1', 'inc2', 'chunk', 'g', 'pg', 'mg', 'cf', 'held', 'com', 'seq', 'lic'}) do
-    c[f] = int(c[f])
-  end
+  for i = 1, #CALL_FIELDS do c[CALL_FIELDS[i]] = v[i] end
   return c
+end
+
+local function pack_call(c)
+  local v = {}
+  for i = 1, #CALL_FIELDS do v[i] = c[CALL_FIELDS[i]] or 0 end
+  return struct.pack(CALL_FORMAT, unpack(v))
+end
+
+-- The call (nil when unknown), its plan bucket, and the values of `...`, further hash fields.
+local function load_call(key, ...)
+  local v = redis.call('HMGET', key, 's', 'b', ...)
+  local c = nil
+  if v[1] then
+    c = unpack_call(v[1])
+    c.bucket = v[2] or ''
+  end
+  return c, v[3], v[4]
 end
 
 -- Price of the first `s` seconds of this answered call under its plan/credit split.
@@ -98,9 +120,17 @@ local function used_money(c, s)
   return seg_charge(c, s - c.cf, false)
 end
 
+-- What paid, for the CDR: credits, plan, plan+credits (minutes ran out mid-call) or included.
+local function paid_label(c)
+  if c.pays == PAYS.included then return 'included' end
+  if c.cf == 0 then return 'credits' end
+  if c.cf > 0 then return 'plan+credits' end
+  return 'plan'
+end
+
 -- Seconds billed for an answered call of `s` seconds (for the CDR).
 local function billed_total(c, s)
-  if c.pays == 'included' then return s end
+  if c.pays == PAYS.included then return s end
   local mins = 0
   if c.mg > 0 then mins = math.min(ceil_div(math.min(s, c.mg), 60) * 60, c.mg) end
   if c.cf < 0 then return mins end
@@ -109,51 +139,88 @@ local function billed_total(c, s)
   return c.cf + billed(c, s - c.cf)
 end
 
--- Results travel as one '|'-joined string so that a replay can return the stored first result
--- byte for byte (cjson would round large integers).
+-- Results travel as nine signed 64-bit integers packed with struct (C, cheap inside Redis), so
+-- that a replay returns the stored first result byte for byte. Reasons are small codes: the
+-- table is mirrored in gateway/ledger/client.py (REASONS).
+local R = {ok = 0, final = 1, no_credit = 2, no_minutes = 3, concurrency = 4, daily_limit = 5,
+           unknown_call = 6, settled = 7, bad_seq = 8, not_due = 9, gone = 10, too_large = 11,
+           bad_amount = 12, fail_open = 13}
+local RESULT = '<i8i8i8i8i8i8i8i8i8'
+
 local function enc(t)
-  local parts = {}
-  for i = 1, #t do
-    local v = t[i]
-    if type(v) == 'number' then parts[i] = fmt(v) else parts[i] = tostring(v) end
-  end
-  return table.concat(parts, '|')
+  return struct.pack(RESULT, t[1], R[t[2]], t[3] or 0, t[4] or 0, t[5] or 0, t[6] or 0, t[7] or 0,
+    t[8] or 0, t[9] or 0)
 end
 
 -- The fixed KEYS of every call-scoped script.
 local K = {
   acct = KEYS[1], call = KEYS[2], leases = KEYS[3], allot = KEYS[4], minutes = KEYS[5],
-  spend = KEYS[6], audit = KEYS[7], cdr = KEYS[8], outbox = KEYS[9], purchases = KEYS[10],
+  audit = KEYS[6], cdr = KEYS[7], outbox = KEYS[8], purchases = KEYS[9],
 }
+
+-- The account's money is one packed field ('v') read once and written once per script; the
+-- recharge settings beside it are plain fields the admin tools write. Mirrored by ACCT_FIELDS in
+-- gateway/ledger/client.py.
+local ACCT_FIELDS = {'balance', 'reserved', 'live', 'funded', 'spent', 'sday', 'sdayamt', 'rc_pending'}
+local ACCT_FORMAT = '<' .. string.rep('i8', #ACCT_FIELDS)
+
+local function acct_load()
+  local v = redis.call('HMGET', K.acct, 'v', 'rc_threshold', 'rc_amount')
+  local a = {}
+  if v[1] then
+    local x = {struct.unpack(ACCT_FORMAT, v[1])}
+    for i = 1, #ACCT_FIELDS do a[ACCT_FIELDS[i]] = x[i] end
+  else
+    for i = 1, #ACCT_FIELDS do a[ACCT_FIELDS[i]] = 0 end
+  end
+  a.rc_threshold, a.rc_amount = int(v[2]), int(v[3])
+  return a
+end
+
+local function acct_save(a)
+  local x = {}
+  for i = 1, #ACCT_FIELDS do x[i] = a[ACCT_FIELDS[i]] end
+  redis.call('HSET', K.acct, 'v', struct.pack(ACCT_FORMAT, unpack(x)))
+end
+
+-- UTC day number of a Redis time in ms, for the daily spend limit.
+local function day_of(ms)
+  return math.floor(ms / 86400000)
+end
+
+-- What the organization has spent today (the counter restarts on a new UTC day).
+local function spent_today(a, today)
+  if a.sday == today then return a.sdayamt end
+  return 0
+end
 
 local function audit(kind, amount, balance, call, seq, ts, note)
   redis.call('XADD', K.audit, '*', 'type', kind, 'amount', fmt(amount), 'balance', fmt(balance),
     'call', call, 'seq', fmt(seq), 'ts', ts, 'note', note)
 end
 
--- Debit `amount` (negative: refund) already released from the reservations; keeps the account
--- totals, the daily spend and the audit stream in step, and decides auto-recharge and the
--- balance-reached-zero notice inside the same atomic step (so many calls crossing at once
--- start exactly one purchase).
-local function debit(amount, call, seq, ts, note)
-  if amount == 0 then return int(redis.call('HGET', K.acct, 'balance')) end
-  local before = int(redis.call('HGET', K.acct, 'balance'))
-  local after = redis.call('HINCRBY', K.acct, 'balance', fmt(-amount))
-  redis.call('HINCRBY', K.acct, 'spent', fmt(amount))
-  redis.call('INCRBY', K.spend, fmt(amount))
-  redis.call('EXPIRE', K.spend, 259200)
+-- Debit `amount` (negative: refund), already released from the reservations, from the loaded
+-- account `a` (saved by the caller); appends the audit entry with the running balance, and decides
+-- auto-recharge and the balance-reached-zero notice inside the same atomic step (so many calls
+-- crossing the threshold at once start exactly one purchase).
+local function debit(a, amount, today, call, seq, ts, note)
+  if amount == 0 then return a.balance end
+  local before = a.balance
+  a.balance = before - amount
+  a.spent = a.spent + amount
+  if a.sday ~= today then a.sday, a.sdayamt = today, 0 end
+  a.sdayamt = a.sdayamt + amount
   local kind = 'debit'
   if amount < 0 then kind = 'refund' end
-  audit(kind, -amount, after, call, seq, ts, note)
-  local th = int(redis.call('HGET', K.acct, 'rc_threshold'))
-  local ra = int(redis.call('HGET', K.acct, 'rc_amount'))
-  if ra > 0 and before >= th and after < th and redis.call('HGET', K.acct, 'rc_pending') ~= '1' then
-    redis.call('HSET', K.acct, 'rc_pending', '1')
-    redis.call('XADD', K.purchases, '*', 'kind', 'recharge', 'amount', fmt(ra), 'balance', fmt(after),
-      'ts', ts)
+  audit(kind, -amount, a.balance, call, seq, ts, note)
+  local th = a.rc_threshold
+  if a.rc_amount > 0 and before >= th and a.balance < th and a.rc_pending ~= 1 then
+    a.rc_pending = 1
+    redis.call('XADD', K.purchases, '*', 'kind', 'recharge', 'amount', fmt(a.rc_amount),
+      'balance', fmt(a.balance), 'ts', ts)
   end
-  if before > 0 and after == 0 then
+  if before > 0 and a.balance == 0 then
     redis.call('XADD', K.outbox, '*', 'kind', 'balance_zero', 'balance', '0', 'ts', ts)
   end
-  return after
+  return a.balance
 end

@@ -1,7 +1,7 @@
 -- extend.lua: commit the chunk just used and hold the next one of a live call.
 --
--- KEYS: the ten call-scoped keys (acct, call, leases, allot, minutes of the call's month, spend of
---       today, audit, cdr, outbox, purchases).
+-- KEYS: the nine call-scoped keys (acct, call, leases, allot, minutes of the call's month, audit,
+--       cdr, outbox, purchases).
 -- ARGV: 1 call id, 2 seq (1, 2, ...: one more than the last applied), 3 lease ms, 4 daily spend
 --       limit (micro-units, 0: none), 5 timestamp (ISO 8601, for the audit entry).
 -- Returns: 'ok|reason|granted_s|held|final|max_s|balance|reserved|seq' where granted_s is the
@@ -14,40 +14,40 @@
 --       after a final grant an extend holds and commits nothing (the call ends at granted_s).
 
 local call_id, seq = ARGV[1], tonumber(ARGV[2])
-local c = load_call(K.call)
-if not c or c.st == 'refused' then return enc({0, 'unknown_call', 0, 0, 0, 0, 0, 0, seq}) end
-local stored = c['r' .. ARGV[2]]
+local c, stored = load_call(K.call, 'r' .. ARGV[2])
+if not c or c.st == ST.refused then return enc({0, 'unknown_call', 0, 0, 0, 0, 0, 0, seq}) end
 if stored then return stored end
-if c.st == 'done' then return enc({0, 'settled', c.g, c.held, 1, 0, 0, 0, seq}) end
+if c.st == ST.done then return enc({0, 'settled', c.g, c.held, 1, 0, 0, 0, seq}) end
 if seq ~= c.seq + 1 then return enc({0, 'bad_seq', c.g, c.held, 0, 0, 0, 0, c.seq}) end
 
 local now = now_ms()
-if c.fin == '1' then
+local lease_at = fmt(now + tonumber(ARGV[3]))
+local a = acct_load()
+if c.fin == 1 then
   -- The last grant was final: nothing more to hold and nothing to commit before the settle.
-  redis.call('ZADD', K.leases, fmt(now + tonumber(ARGV[3])), call_id)
-  local r = enc({1, 'final', c.g, c.held, 1, 0, int(redis.call('HGET', K.acct, 'balance')),
-    int(redis.call('HGET', K.acct, 'reserved')), seq})
-  redis.call('HSET', K.call, 'seq', fmt(seq), 'r' .. ARGV[2], r)
+  redis.call('ZADD', K.leases, lease_at, call_id)
+  local r = enc({1, 'final', c.g, c.held, 1, 0, a.balance, a.reserved, seq})
+  c.seq = seq
+  redis.call('HSET', K.call, 's', pack_call(c), 'r' .. ARGV[2], r)
   return r
 end
 local ts = ARGV[5]
+local today = day_of(now)
 local daily_limit = tonumber(ARGV[4])
 
 -- 1. Commit: everything up to the start of the running chunk has been used.
 local used = math.min(used_money(c, c.pg), c.held)
 local commit = used - c.com
 if commit > 0 then
-  redis.call('HINCRBY', K.acct, 'reserved', fmt(-commit))
-  debit(commit, call_id, seq, ts, 'chunk')
+  a.reserved = a.reserved - commit
+  debit(a, commit, today, call_id, seq, ts, 'chunk')
   c.com = used
 end
 
 -- 2. Hold the next chunk.
-local bal = int(redis.call('HGET', K.acct, 'balance'))
-local reserved = int(redis.call('HGET', K.acct, 'reserved'))
-local budget = bal - reserved
-if daily_limit > 0 and c.emergency ~= '1' then
-  budget = math.min(budget, math.max(daily_limit - int(redis.call('GET', K.spend)) - reserved, 0))
+local budget = a.balance - a.reserved
+if daily_limit > 0 and c.emergency ~= 1 then
+  budget = math.min(budget, math.max(daily_limit - spent_today(a, today) - a.reserved, 0))
 end
 
 local final, reason = 0, 'ok'
@@ -71,28 +71,24 @@ local function extend_credits(want_total)
   end
 end
 
-if c.pays == 'included' then
+if c.pays == PAYS.included then
   new_g = UNLIMITED
 elseif c.cf < 0 then
   -- Still on plan minutes: take whole minutes from the pool while they last.
+  local pool = redis.call('HMGET', K.minutes, c.bucket .. ':used', c.bucket .. ':held')
   local allot = int(redis.call('HGET', K.allot, c.bucket))
-  local mused = int(redis.call('HGET', K.minutes, c.bucket .. ':used'))
-  local mheld = int(redis.call('HGET', K.minutes, c.bucket .. ':held'))
-  local remaining = math.max(floor_div(allot - mused - mheld, 60) * 60, 0)
+  local remaining = math.max(floor_div(allot - int(pool[1]) - int(pool[2]), 60) * 60, 0)
   local step = ceil_div(c.chunk, 60) * 60
   local take = math.min(step, remaining)
   if take > 0 then
     redis.call('HINCRBY', K.minutes, c.bucket .. ':held', fmt(take))
     c.mg = c.mg + take
     new_g = c.g + take
-    redis.call('HSET', K.call, 'mg', fmt(c.mg))
   end
   if take < step then
     if c.lic == 1 then
       -- Minutes ran out mid-call: the rest of the call continues on credits, no fee at the switch.
       c.cf = new_g
-      redis.call('HSET', K.call, 'cf', fmt(c.cf))
-      new_g = c.cf
       extend_credits(step - take)
     else
       final, reason = 1, 'final'
@@ -102,13 +98,11 @@ else
   extend_credits(c.g - c.cf + c.chunk)
 end
 
-if new_held ~= c.held then
-  reserved = redis.call('HINCRBY', K.acct, 'reserved', fmt(new_held - c.held))
-end
-redis.call('HSET', K.call, 'st', 'live', 'seq', fmt(seq), 'pg', fmt(c.g), 'g', fmt(new_g),
-  'held', fmt(new_held), 'com', fmt(c.com), 'fin', fmt(final))
-redis.call('ZADD', K.leases, fmt(now + tonumber(ARGV[3])), call_id)
+a.reserved = a.reserved + new_held - c.held
+acct_save(a)
+redis.call('ZADD', K.leases, lease_at, call_id)
 
-local r = enc({1, reason, new_g, new_held, final, 0, bal, reserved, seq})
-redis.call('HSET', K.call, 'r' .. ARGV[2], r)
+local r = enc({1, reason, new_g, new_held, final, 0, a.balance, a.reserved, seq})
+c.st, c.seq, c.pg, c.g, c.held, c.fin = ST.live, seq, c.g, new_g, new_held, final
+redis.call('HSET', K.call, 's', pack_call(c), 'r' .. ARGV[2], r)
 return r

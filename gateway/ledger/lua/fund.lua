@@ -1,7 +1,7 @@
 -- fund.lua: add money to an organization's balance (manual top-up, purchase, auto-recharge).
 --
--- KEYS: the ten-key layout of the call scripts, with KEYS[2] the fundings hash instead of a call:
---       acct, fundings, leases, allot, minutes, spend, audit, cdr, outbox, purchases.
+-- KEYS: the nine-key layout of the call scripts, with KEYS[2] the fundings hash instead of a call:
+--       acct, fundings, leases, allot, minutes, audit, cdr, outbox, purchases.
 -- ARGV: 1 amount (micro-units, > 0), 2 kind ('fund' | 'purchase' | 'recharge'), 3 idempotency
 --       key ('' for none), 4 timestamp (ISO 8601), 5 note, 6 largest balance allowed.
 -- Returns: 'ok|reason|balance|amount' (ok 0 with reason 'too_large' or 'bad_amount').
@@ -15,15 +15,16 @@ if key ~= '' then
   local first = redis.call('HGET', KEYS[2], key)
   if first then return first end
 end
-local bal = int(redis.call('HGET', K.acct, 'balance'))
+local a = acct_load()
 if not amount or amount <= 0 or amount ~= math.floor(amount) then
-  return enc({0, 'bad_amount', bal, 0})
+  return enc({0, 'bad_amount', a.balance, 0})
 end
-if bal + amount > tonumber(ARGV[6]) then return enc({0, 'too_large', bal, 0}) end
-bal = redis.call('HINCRBY', K.acct, 'balance', fmt(amount))
-redis.call('HINCRBY', K.acct, 'funded', fmt(amount))
-if kind == 'recharge' then redis.call('HDEL', K.acct, 'rc_pending') end
-audit(kind, amount, bal, '', 0, ARGV[4], ARGV[5])
-local r = enc({1, 'ok', bal, amount})
+if a.balance + amount > tonumber(ARGV[6]) then return enc({0, 'too_large', a.balance, 0}) end
+a.balance = a.balance + amount
+a.funded = a.funded + amount
+if kind == 'recharge' then a.rc_pending = 0 end
+acct_save(a)
+audit(kind, amount, a.balance, '', 0, ARGV[4], ARGV[5])
+local r = enc({1, 'ok', a.balance, amount})
 if key ~= '' then redis.call('HSET', KEYS[2], key, r) end
 return r

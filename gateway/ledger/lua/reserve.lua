@@ -1,7 +1,7 @@
 -- reserve.lua: hold the first chunk of a call, or refuse it with a reason.
 --
--- KEYS: the ten call-scoped keys (see _lib.lua K): acct, call, leases, allot, minutes(month),
---       spend(day), audit, cdr, outbox, purchases.
+-- KEYS: the nine call-scoped keys (see _lib.lua K): acct, call, leases, allot, minutes (of the
+--       call's UTC month), audit, cdr, outbox, purchases.
 -- ARGV: 1 call id, 2 pays ('credits' | 'plan' | 'included'), 3 plan bucket '<plan>:<bucket>'
 --       (plan only), 4 licence (1: may continue on credits when minutes run out), 5 connection
 --       fee, 6 rate per minute (micro-units), 7 initial increment s, 8 subsequent increment s,
@@ -25,13 +25,11 @@ local c = {fee = tonumber(ARGV[5]), rate = tonumber(ARGV[6]), inc1 = tonumber(AR
 local lease_ms, max_live, daily_limit = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local emergency = ARGV[13] == '1'
 
-local bal = int(redis.call('HGET', K.acct, 'balance'))
-local reserved = int(redis.call('HGET', K.acct, 'reserved'))
-local live = int(redis.call('HGET', K.acct, 'live'))
-local budget = bal - reserved
+local a = acct_load()
+local budget = a.balance - a.reserved
 local limited_by_day = false
 if daily_limit > 0 and not emergency then
-  local day_left = daily_limit - int(redis.call('GET', K.spend)) - reserved
+  local day_left = daily_limit - spent_today(a, day_of(now)) - a.reserved
   if day_left < budget then
     budget = math.max(day_left, 0)
     limited_by_day = true
@@ -39,13 +37,13 @@ if daily_limit > 0 and not emergency then
 end
 
 local function refuse(reason)
-  local r = enc({0, reason, 0, 0, 0, 0, bal, reserved, 0})
-  redis.call('HSET', K.call, 'st', 'refused', 'r0', r)
+  local r = enc({0, reason, 0, 0, 0, 0, a.balance, a.reserved, 0})
+  redis.call('HSET', K.call, 's', pack_call({st = ST.refused}), 'r0', r)
   redis.call('EXPIRE', K.call, tonumber(ARGV[15]))
   return r
 end
 
-if not emergency and max_live > 0 and live >= max_live then return refuse('concurrency') end
+if not emergency and max_live > 0 and a.live >= max_live then return refuse('concurrency') end
 
 local final, max_s = 0, 0
 local function credit_reason()
@@ -53,7 +51,8 @@ local function credit_reason()
   return 'no_credit'
 end
 
--- Grant a credit segment starting at c.cf of `want` seconds, or the whole increments covered.
+-- Grant a credit segment starting at c.cf of `want` seconds, or the whole increments covered;
+-- returns the longest segment the budget allows.
 local function grant_credits(want)
   local with_fee = c.cf == 0
   local target = billed(c, want)
@@ -75,10 +74,9 @@ end
 if pays == 'included' then
   c.g, max_s = UNLIMITED, UNLIMITED
 elseif pays == 'plan' then
+  local pool = redis.call('HMGET', K.minutes, bucket .. ':used', bucket .. ':held')
   local allot = int(redis.call('HGET', K.allot, bucket))
-  local used = int(redis.call('HGET', K.minutes, bucket .. ':used'))
-  local mheld = int(redis.call('HGET', K.minutes, bucket .. ':held'))
-  local remaining = math.max(floor_div(allot - used - mheld, 60) * 60, 0)
+  local remaining = math.max(floor_div(allot - int(pool[1]) - int(pool[2]), 60) * 60, 0)
   local step = ceil_div(c.chunk, 60) * 60
   c.mg = math.min(step, remaining)
   c.g = c.mg
@@ -102,16 +100,14 @@ else
   if c.g == 0 then return refuse(credit_reason()) end
 end
 
-redis.call('HSET', K.call, 'st', 'held', 'seq', '0', 'pays', pays, 'bucket', bucket, 'lic', fmt(lic),
-  'fee', fmt(c.fee), 'rate', fmt(c.rate), 'inc1', fmt(c.inc1), 'inc2', fmt(c.inc2),
-  'chunk', fmt(c.chunk), 'g', fmt(c.g), 'pg', '0', 'mg', fmt(c.mg), 'cf', fmt(c.cf),
-  'held', fmt(c.held), 'com', '0', 'meta', ARGV[14], 'emergency', ARGV[13], 'created', fmt(now),
-  'minutes_key', K.minutes, 'fin', fmt(final))
-if c.held > 0 then reserved = redis.call('HINCRBY', K.acct, 'reserved', fmt(c.held)) end
-redis.call('HINCRBY', K.acct, 'live', fmt(1))
+a.reserved = a.reserved + c.held
+a.live = a.live + 1
+acct_save(a)
 if c.mg > 0 then redis.call('HINCRBY', K.minutes, bucket .. ':held', fmt(c.mg)) end
 redis.call('ZADD', K.leases, fmt(now + lease_ms), call_id)
 
-local r = enc({1, 'ok', c.g, c.held, final, max_s, bal, reserved, 0})
-redis.call('HSET', K.call, 'r0', r)
+local r = enc({1, 'ok', c.g, c.held, final, max_s, a.balance, a.reserved, 0})
+c.st, c.seq, c.pays, c.lic, c.pg, c.com, c.fin = ST.held, 0, PAYS[pays], lic, 0, 0, final
+if emergency then c.emergency = 1 else c.emergency = 0 end
+redis.call('HSET', K.call, 's', pack_call(c), 'b', bucket, 'meta', ARGV[14], 'mk', K.minutes, 'r0', r)
 return r

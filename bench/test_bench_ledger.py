@@ -1,0 +1,58 @@
+"""Ledger operations per second from one process against a real redis-server on loopback.
+
+A call session is reserve + two extends + settle (4 script calls). Sessions run concurrently;
+``pipelined`` sends the script calls made in one event-loop turn as one pipeline, ``direct`` sends
+each as its own request over the connection pool. Prints ops/s for both and their ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bench.conftest import SMOKE
+from gateway.ledger.client import Ledger, RateTerms
+from gateway.services import redis_client
+
+SESSIONS = 200 if SMOKE else 20_000
+CONCURRENCY = 50 if SMOKE else 500
+TERMS = RateTerms(connection_fee=10_000, rate_per_min=100_000, initial_increment_s=6, subsequent_increment_s=6)
+RESULTS: dict[str, float] = {}
+
+
+async def _run(url: str, pipeline: bool) -> float:
+    client = redis_client(url, timeout_s=30.0)
+    ledger = Ledger(client, pipeline=pipeline)
+    await ledger.fund("bench", 10**15)
+    sem = asyncio.Semaphore(CONCURRENCY)
+
+    async def session(i: int) -> None:
+        async with sem:
+            call = f"c{i}"
+            g = await ledger.reserve("bench", call, pays="credits", terms=TERMS, chunk_s=60, lease_ms=600_000,
+                                     month="202611")
+            assert g.ok
+            for seq in (1, 2):
+                assert (await ledger.extend("bench", call, seq, month="202611", lease_ms=600_000)).ok
+            assert (await ledger.settle("bench", call, 3, month="202611", answered=True, duration_ms=150_000,
+                                        end_reason="normal")).ok
+
+    start = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(session(i) for i in range(SESSIONS))), timeout=600)
+    elapsed = time.perf_counter() - start
+    await client.aclose()
+    return SESSIONS * 4 / elapsed
+
+
+@pytest.mark.parametrize("mode", ["direct", "pipelined"])
+def test_ledger_ops_per_second(benchmark, redis_url: str, mode: str, capsys) -> None:
+    ops = benchmark.pedantic(lambda: asyncio.run(_run(redis_url, mode == "pipelined")), rounds=1, iterations=1)
+    RESULTS[mode] = ops
+    with capsys.disabled():
+        print(f"\nledger {mode}: {ops:,.0f} ops/s ({SESSIONS:,} sessions x 4 script calls, "
+              f"{CONCURRENCY} concurrent)")
+        if len(RESULTS) == 2:
+            print(f"ledger pipelined/direct: {RESULTS['pipelined'] / RESULTS['direct']:.1f}x")
+    assert ops > 0
