@@ -9,8 +9,10 @@ a ledger outage. It stops cleanly on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
+import time
 
 from gateway.config import Config
 from gateway.ledger.client import LedgerUnavailable
@@ -21,11 +23,33 @@ __all__ = ["run_gateway", "serve"]
 log = logging.getLogger("creditgate")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the call id when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        call_id = getattr(record, "call_id", None)
+        if call_id:
+            entry["call_id"] = call_id
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging(level: str, json_logs: bool) -> None:
+    handler = logging.StreamHandler()
+    if json_logs:
+        formatter: logging.Formatter = _JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler], force=True)
 
 
 async def serve(svc: Services, stop: asyncio.Event) -> None:
@@ -47,8 +71,8 @@ async def serve(svc: Services, stop: asyncio.Event) -> None:
             await svc.engine.retry_pending()
 
 
-def run_gateway(config: Config, *, workers: int = 1) -> int:
-    _configure_logging(config.log_level)
+def run_gateway(config: Config, *, workers: int = 1, json_logs: bool = False) -> int:
+    _configure_logging(config.log_level, json_logs)
     if workers != 1:
         log.error("--workers %d: only one process is supported by this version", workers)
         return 2

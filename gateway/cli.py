@@ -126,13 +126,14 @@ def _money_arg(text: str, name: str) -> int:
 def run(
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Gateway processes sharing the ports.")] = 1,
     config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Write the log as JSON lines.")] = False,
 ) -> None:
     """Run the gateway: SIP on UDP and TCP, the HTTP API, and the embedded Redis unless a Redis URL is configured."""
     from gateway.app import run_gateway
 
     try:
         cfg = Config.load(config)
-        code = run_gateway(cfg, workers=workers)
+        code = run_gateway(cfg, workers=workers, json_logs=as_json)
     except CreditgateError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
@@ -339,7 +340,9 @@ def tollfree_add(
 # -- money ----------------------------------------------------------------------------------
 
 
-@app.command()
+# A negative amount ("-5") must reach the money parser (and be refused there), not be taken
+# for an unknown option.
+@app.command(context_settings={"ignore_unknown_options": True})
 def fund(
     org: Annotated[str, typer.Argument(help="Organization id or name.")],
     amount: Annotated[str, typer.Argument(help="Amount in the account currency, e.g. 100.00.")],

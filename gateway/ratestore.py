@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from rating_core import RateDeck
 
@@ -38,6 +38,8 @@ class RateStore:
     async def _call(self, coro: Any) -> Any:
         try:
             return await coro
+        except WatchError:
+            raise  # a lost race, retried by import_deck; not an outage
         except (RedisError, OSError) as exc:
             raise LedgerUnavailable(f"rate store unreachable: {exc}") from exc
 
@@ -51,7 +53,7 @@ class RateStore:
         if text is None:
             self.deck, self.version = None, version
             return None
-        csv_text = text.decode() if isinstance(text, bytes) else text
+        csv_text = _text(text)
         # Parsing a big deck takes a fraction of a second: keep it off the event loop.
         self.deck = await asyncio.to_thread(RateDeck.from_csv_text, csv_text)
         self.version = version
@@ -65,22 +67,40 @@ class RateStore:
             pipe.set(GLOBAL.deck, text)
             pipe.incr(GLOBAL.deck_version)
             result = await self._call(pipe.execute())
-        version = int(result[1])
+        return await self._published(deck, int(result[1]))
+
+    async def import_deck(self, new: RateDeck, *, attempts: int = 20) -> RateDeck:
+        """Merge ``new`` into the stored deck: same effective date replaced, others kept.
+
+        Optimistic: the stored deck is watched while it is merged, and the merge is redone if
+        another import landed meanwhile, so concurrent imports never lose a version.
+        """
+        for _ in range(attempts):
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await self._call(pipe.watch(GLOBAL.deck, GLOBAL.deck_version))
+                    text = await self._call(pipe.get(GLOBAL.deck))
+                    if text is None:
+                        merged = new
+                    else:
+                        # Merge into a fresh copy: the loaded deck may be serving live lookups.
+                        merged = await asyncio.to_thread(RateDeck.from_csv_text, _text(text))
+                        merged.merge(new)
+                    out = await asyncio.to_thread(merged.to_csv_text)
+                    pipe.multi()
+                    pipe.set(GLOBAL.deck, out)
+                    pipe.incr(GLOBAL.deck_version)
+                    result = await self._call(pipe.execute())
+                except WatchError:
+                    continue
+            await self._published(merged, int(result[1]))
+            return merged
+        raise LedgerUnavailable("rate deck import kept colliding with other imports; try again")
+
+    async def _published(self, deck: RateDeck, version: int) -> int:
         await self._call(self.client.publish(DECK_CHANNEL, str(version)))
         self.deck, self.version = deck, version
         return version
-
-    async def import_deck(self, new: RateDeck) -> RateDeck:
-        """Merge ``new`` into the stored deck: same effective date replaced, others kept."""
-        current = await self.load()
-        if current is None:
-            merged = new
-        else:
-            # Merge into a copy: the loaded deck may be serving lookups of live authorizations.
-            merged = await asyncio.to_thread(RateDeck.from_csv_text, current.to_csv_text())
-            merged.merge(new)
-        await self.save(merged)
-        return merged
 
     def watch(self, on_change: Callable[[RateDeck | None], None] | None = None, poll_s: float = 30.0) -> None:
         """Reload on every published change (and every ``poll_s`` as a safety net)."""
@@ -114,3 +134,7 @@ class RateStore:
                 log.warning("rate deck watch interrupted (%s); retrying", exc)
                 await pubsub.aclose()
                 await asyncio.sleep(min(poll_s, 5.0))
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw

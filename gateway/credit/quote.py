@@ -35,7 +35,7 @@ class Quote:
         return {
             "number": self.number,
             "class": self.number_class,
-            "prefix": "+" + self.prefix,
+            "prefix": "+" + self.prefix if self.prefix else "",
             "destination": self.destination,
             "rate": format_money(self.rate_per_min),
             "currency": self.currency,
@@ -65,6 +65,11 @@ def quote(deck: RateDeck, number: str, *, minutes: int = 1, country: str | None 
         raise CreditRefused(refusal("incomplete_number")) from None
     except DialplanError as exc:
         raise CreditRefused(refusal("invalid_number", reason=f"invalid number {number!r}: {exc}")) from None
+    if dest.emergency:
+        # Emergency calls are never charged: say so instead of "no rate".
+        return Quote(number=e164, number_class=cls, prefix="", destination="emergency services",
+                     rate_per_min=0, currency="", initial_increment_s=0, subsequent_increment_s=0,
+                     connection_fee=0, minutes=minutes, charge=0)
     rate = deck.lookup(e164, at) if e164.startswith("+") else None
     if rate is None:
         raise CreditRefused(refusal("not_rated", reason=f"no rate for {e164}: unknown destination"))

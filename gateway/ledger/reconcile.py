@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rating_core.money import format_money as _m
+
 from gateway.ledger.client import Ledger, LedgerUnavailable
 from gateway.ledger.keys import OrgKeys
 
@@ -36,18 +38,16 @@ class Reconciliation:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        from rating_core.money import format_money
-
         return {
             "org": self.org,
             "ok": self.ok,
-            "balance": format_money(self.balance),
-            "reserved": format_money(self.reserved),
-            "audit_sum": format_money(self.audit_sum),
+            "balance": _m(self.balance),
+            "reserved": _m(self.reserved),
+            "audit_sum": _m(self.audit_sum),
             "audit_entries": self.audit_entries,
-            "funded": format_money(self.funded),
-            "debited": format_money(self.debited),
-            "cdr_charges": format_money(self.cdr_charges),
+            "funded": _m(self.funded),
+            "debited": _m(self.debited),
+            "cdr_charges": _m(self.cdr_charges),
             "cdrs": self.cdrs,
             "live_calls": self.live_calls,
             "problems": list(self.problems),
@@ -60,11 +60,11 @@ async def reconcile(ledger: Ledger, org: str) -> Reconciliation:
     bal = await ledger.balance(org)
     rep.balance, rep.reserved = bal.balance, bal.reserved
     if bal.balance < 0:
-        rep.problems.append(f"balance is negative: {bal.balance}")
+        rep.problems.append(f"balance is negative: {_m(bal.balance)}")
     if bal.reserved < 0:
-        rep.problems.append(f"reserved is negative: {bal.reserved}")
+        rep.problems.append(f"reserved is negative: {_m(bal.reserved)}")
     if bal.reserved > bal.balance:
-        rep.problems.append(f"reserved {bal.reserved} exceeds balance {bal.balance}")
+        rep.problems.append(f"reserved {_m(bal.reserved)} exceeds balance {_m(bal.balance)}")
 
     running = 0
     for entry_id, e in await ledger.audit_entries(org):
@@ -72,17 +72,17 @@ async def reconcile(ledger: Ledger, org: str) -> Reconciliation:
         running += amount
         rep.audit_entries += 1
         if after != running:
-            rep.problems.append(f"audit {entry_id}: running balance {after} != sum of entries {running}")
+            rep.problems.append(f"audit {entry_id}: running balance {_m(after)} != sum of entries {_m(running)}")
             running = after
         if after < 0:
-            rep.problems.append(f"audit {entry_id}: balance went negative ({after})")
+            rep.problems.append(f"audit {entry_id}: balance went negative ({_m(after)})")
         if e["type"] in ("fund", "purchase", "recharge"):
             rep.funded += amount
         else:
             rep.debited -= amount
     rep.audit_sum = running
     if running != bal.balance:
-        rep.problems.append(f"balance {bal.balance} != audit total {running}")
+        rep.problems.append(f"balance {_m(bal.balance)} != audit total {_m(running)}")
 
     seen: set[str] = set()
     for entry_id, c in await ledger.cdr_entries(org):
@@ -107,10 +107,10 @@ async def reconcile(ledger: Ledger, org: str) -> Reconciliation:
     rep.live_committed = committed
     # Every debit is either in a CDR (settled calls) or committed by a call still running.
     if rep.cdr_charges + committed != rep.debited:
-        rep.problems.append(f"CDR charges {rep.cdr_charges} + committed by live calls {committed} "
-                            f"!= debits in the audit {rep.debited}")
+        rep.problems.append(f"CDR charges {_m(rep.cdr_charges)} + committed by live calls {_m(committed)} "
+                            f"!= debits in the audit {_m(rep.debited)}")
     if held != bal.reserved:
-        rep.problems.append(f"reserved {bal.reserved} != sum held by live calls {held}")
+        rep.problems.append(f"reserved {_m(bal.reserved)} != sum held by live calls {_m(held)}")
     k = OrgKeys(org)
     try:
         async for key in ledger.client.scan_iter(match=k.call("*"), count=1000):
