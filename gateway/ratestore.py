@@ -121,12 +121,12 @@ class RateStore:
             try:
                 await pubsub.subscribe(DECK_CHANNEL)
                 while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_s)
+                    # A message or the poll interval: either way, check the stored version.
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_s)
                     before = self.version
                     await self.load()
                     if self.version != before and on_change is not None:
                         on_change(self.deck)
-                    del msg
             except asyncio.CancelledError:
                 await pubsub.aclose()
                 raise

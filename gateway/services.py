@@ -14,7 +14,8 @@ from typing import Any, AsyncIterator
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.retry import Retry
 
 from gateway.config import Config
 from gateway.credit.engine import CreditEngine
@@ -35,10 +36,14 @@ def redis_client(url: str, *, cluster: bool = False, timeout_s: float = 1.0) -> 
     }
     if cluster:
         return RedisCluster.from_url(url, max_connections=MAX_IN_FLIGHT + 8, **common)
-    # A retry inside redis-py would hide an outage behind a longer wait: the engine decides.
+    # One immediate retry on a broken connection only: after a Redis restart every pooled
+    # connection is stale and fails once. Timeouts are not retried (that would only hide an
+    # outage behind a longer wait: the engine's outage policy decides). The ledger scripts are
+    # idempotent, so a retried call cannot charge twice.
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     # A bounded pool that waits for a free connection (up to the timeout) instead of failing.
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=MAX_IN_FLIGHT + 8, timeout=timeout_s, retry=Retry(NoBackoff(), 0),
-                                                    health_check_interval=0, **common)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=MAX_IN_FLIGHT + 8, timeout=timeout_s,
+                                                    retry=retry, health_check_interval=0, **common)
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -73,6 +78,8 @@ async def open_services(config: Config, *, pipeline: bool = False) -> AsyncItera
         yield Services(config=config, client=client, ledger=ledger, directory=directory, rates=rates,
                        engine=engine, url=url, embedded=embedded)
     finally:
+        if "ledger" in locals():
+            await ledger.close()
         await client.aclose()
         if embedded is not None:
             embedded.stop()

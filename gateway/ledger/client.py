@@ -3,8 +3,8 @@
 Python never reads a balance and writes it back; it only asks a script to do so atomically. Each
 script is registered once and called by SHA (reloaded on NOSCRIPT, e.g. after a Redis restart or
 SCRIPT FLUSH). Concurrent calls from one process can be sent in one pipeline per event-loop turn
-(``pipeline=True``): that is what lets one process reach tens of thousands of ledger operations a
-second. Redis errors and timeouts become ``LedgerUnavailable`` (the caller applies the outage
+(``pipeline=True``, see ``_pipe.py``): that is what lets one process reach tens of thousands of
+ledger operations a second. Redis errors and timeouts become ``LedgerUnavailable`` (the caller applies the outage
 policy); nothing else leaks out.
 """
 
@@ -17,15 +17,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
-import hiredis
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from rating_core.errors import CreditgateError
 
-from gateway.ledger.keys import OrgKeys, month_of
+from gateway.ledger._pipe import ScriptPipe
+from gateway.ledger.keys import OrgKeys, call_key, month_of
 
 __all__ = [
     "Ledger",
@@ -61,9 +60,17 @@ class LedgerUnavailable(LedgerError):
     status_hint = 503
 
 
+_iso_cache: list[Any] = [-1, ""]
+
+
 def utc_now_iso(ts: float | None = None) -> str:
-    t = datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 UTC with milliseconds; the date-time part is formatted once per second."""
+    t = time.time() if ts is None else ts
+    sec = int(t)
+    if sec != _iso_cache[0]:
+        _iso_cache[0] = sec
+        _iso_cache[1] = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_iso_cache[1]}.{int((t - sec) * 1000):03d}Z"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,8 +92,9 @@ class RateTerms:
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Grant:
+# Script results are NamedTuples: immutable like the house's frozen dataclasses, and built in C
+# (a frozen dataclass's __init__ costs more than the decoding on this hot path).
+class Grant(NamedTuple):
     """Result of reserve/extend: the call is paid through ``granted_s`` seconds after answer."""
 
     ok: bool
@@ -100,8 +108,7 @@ class Grant:
     seq: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settlement:
+class Settlement(NamedTuple):
     """Result of settle/expire/late_settle. ``extra`` is minutes_s, or uncollected for late_settle."""
 
     ok: bool
@@ -114,8 +121,7 @@ class Settlement:
     debit: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Funding:
+class Funding(NamedTuple):
     ok: bool
     reason: str
     balance: int
@@ -195,86 +201,6 @@ def _load_scripts() -> dict[str, str]:
 _SCRIPTS = _load_scripts()
 
 
-class _Pipeliner:
-    """Sends the script calls made during one event-loop turn as one pipeline round trip."""
-
-    def __init__(self, client: aioredis.Redis, max_batch: int = 512) -> None:
-        self._client = client
-        self._queue: list[tuple[str, str, Sequence[Any], asyncio.Future[Any]]] = []
-        self._max_batch = max_batch
-        self._scheduled = False
-        self._inflight = 0
-
-    def call(self, sha: str, script: str, args: Sequence[Any]) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((sha, script, args, fut))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return fut
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        while self._queue:
-            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-            asyncio.ensure_future(self._send(batch))
-
-    async def _send(self, batch: list[tuple[str, str, Sequence[Any], asyncio.Future[Any]]]) -> None:
-        try:
-            results = await self._execute(batch)
-        except BaseException as exc:  # noqa: BLE001 - every waiter must learn of the failure
-            for *_, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        for (_, _, _, fut), res in zip(batch, results):
-            if fut.done():
-                continue
-            if isinstance(res, Exception):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
-
-    async def _execute(self, batch: list[tuple[str, str, Sequence[Any], asyncio.Future[Any]]]) -> list[Any]:
-        results = await self._round_trip([(sha, args) for sha, _, args, _ in batch])
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if missing:
-            # Redis restarted or its script cache was flushed: load what is missing, resend those.
-            for script in {batch[i][1] for i in missing}:
-                await self._client.script_load(script)
-            retried = await self._round_trip([(batch[i][0], batch[i][2]) for i in missing])
-            for i, r in zip(missing, retried):
-                results[i] = r
-        return results
-
-    async def _round_trip(self, calls: list[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """Write every EVALSHA at once on one connection, then read the replies in order.
-
-        Packing with hiredis and reading replies straight off the connection skips redis-py's
-        pipeline machinery, which costs more per command than the ledger scripts themselves.
-        """
-        pool = self._client.connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(
-                b"".join([hiredis.pack_command(("EVALSHA", sha, *args)) for sha, args in calls]),
-                check_health=False,
-            )
-            results: list[Any] = []
-            for _ in calls:
-                try:
-                    results.append(await conn.read_response())
-                except ResponseError as exc:  # one script's error is that caller's, not the batch's
-                    results.append(exc)
-            return results
-        except BaseException:
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
-
-
 class Ledger:
     """The organization ledgers in one Redis (or Redis Cluster)."""
 
@@ -292,10 +218,17 @@ class Ledger:
         self.refusal_retention_s = refusal_retention_s
         self.max_balance = min(max_balance, MAX_BALANCE_MICROS)
         self._scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
-        self._pipeliner = _Pipeliner(client) if pipeline else None
+        # Pipelining needs one server (a cluster client routes each call itself).
+        self._pipe = ScriptPipe.for_client(client, client.script_load) if pipeline and hasattr(
+            client, "connection_pool") else None
         # Without pipelining each request holds a connection: bound them, so that a burst of calls
         # waits for a connection instead of opening hundreds at once (or failing).
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._key_cache: dict[tuple[str, str], list[str]] = {}
+
+    async def close(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.close()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -303,8 +236,8 @@ class Ledger:
         script = self._scripts[name]
         args = list(args)
         try:
-            if self._pipeliner is not None:
-                return await self._pipeliner.call(script.sha, _SCRIPTS[name], [len(keys), *keys, *args])
+            if self._pipe is not None:
+                return await self._pipe.evalsha(script.sha, _SCRIPTS[name], [len(keys), *keys, *args])
             async with self._in_flight:
                 return await script(keys=keys, args=args)
         except ResponseError as exc:
@@ -327,6 +260,20 @@ class Ledger:
             k.purchases,
         ]
 
+    def _keys(self, org: str, call_or_fundings: str | None, month: str) -> list[str]:
+        """``call_keys`` with the organization's fixed keys built once (a hot path)."""
+        cached = self._key_cache.get((org, month))
+        if cached is None:
+            k = OrgKeys(org)
+            cached = self.call_keys(k, k.fundings, month)
+            if len(self._key_cache) > 10_000:
+                self._key_cache.clear()
+            self._key_cache[(org, month)] = cached
+        keys = list(cached)
+        if call_or_fundings is not None:
+            keys[1] = call_or_fundings
+        return keys
+
     # -- money in -------------------------------------------------------------------------
 
     async def fund(
@@ -339,9 +286,8 @@ class Ledger:
         note: str = "",
         ts: float | None = None,
     ) -> Funding:
-        k = OrgKeys(org)
         now = time.time() if ts is None else ts
-        keys = self.call_keys(k, k.fundings, month_of(now))
+        keys = self._keys(org, None, month_of(now))
         raw = await self._run(
             "fund", keys, [amount, kind, idempotency_key, utc_now_iso(now), note, self.max_balance]
         )
@@ -368,9 +314,7 @@ class Ledger:
     ) -> Grant:
         if pays not in ("credits", "plan", "included"):
             raise LedgerError(f"unknown payer {pays!r}")
-        k = OrgKeys(org)
-        now = time.time()
-        keys = self.call_keys(k, k.call(call_id), month or month_of(now))
+        keys = self._keys(org, OrgKeys(org).call(call_id), month or month_of(time.time()))
         raw = await self._run(
             "reserve",
             keys,
@@ -388,7 +332,7 @@ class Ledger:
                 max_live,
                 daily_limit,
                 1 if emergency else 0,
-                json.dumps(meta or {}, separators=(",", ":"), sort_keys=True),
+                json.dumps(meta, separators=(",", ":"), sort_keys=True) if meta else "{}",
                 self.refusal_retention_s,
             ],
         )
@@ -397,10 +341,8 @@ class Ledger:
     async def extend(
         self, org: str, call_id: str, seq: int, *, month: str, lease_ms: int, daily_limit: int = 0
     ) -> Grant:
-        k = OrgKeys(org)
-        now = time.time()
-        keys = self.call_keys(k, k.call(call_id), month)
-        raw = await self._run("extend", keys, [call_id, seq, lease_ms, daily_limit, utc_now_iso(now)])
+        keys = self._keys(org, call_key(org, call_id), month)
+        raw = await self._run("extend", keys, [call_id, seq, lease_ms, daily_limit, utc_now_iso()])
         return _grant(raw)
 
     async def settle(
@@ -415,9 +357,8 @@ class Ledger:
         end_reason: str,
         extra: dict[str, Any] | None = None,
     ) -> Settlement:
-        k = OrgKeys(org)
         now = time.time()
-        keys = self.call_keys(k, k.call(call_id), month)
+        keys = self._keys(org, call_key(org, call_id), month)
         raw = await self._run(
             "settle",
             keys,
@@ -429,7 +370,8 @@ class Ledger:
                 end_reason,
                 utc_now_iso(now),
                 self.retention_s,
-                json.dumps(extra or {}, separators=(",", ":"), sort_keys=True),
+                json.dumps(extra, separators=(",", ":"), sort_keys=True) if extra else "{}",
+                int(now * 1000),
             ],
         )
         return _settlement(raw)

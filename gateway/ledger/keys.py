@@ -21,6 +21,8 @@ __all__ = [
     "GLOBAL",
     "DECK_CHANNEL",
     "valid_org_id",
+    "call_key",
+    "month_of",
 ]
 
 # Organization ids go inside a hash tag and into URLs: lower-case slugs only, never braces.
@@ -133,6 +135,11 @@ class GlobalKeys:
 
 
 GLOBAL = GlobalKeys()
+
+
+def call_key(org: str, call_id: str) -> str:
+    """``OrgKeys(org).call(call_id)`` for an organization id already validated (the hot path)."""
+    return "cg:{" + org + "}:call:" + call_id
 
 
 def month_of(ts: float) -> str:

@@ -270,3 +270,37 @@ async def test_reaching_zero_writes_one_notice_to_the_outbox(ledger: Ledger, led
     assert (await ledger.balance(ORG)).balance == 0
     notices = await ledger_client.xrange(OrgKeys(ORG).outbox)
     assert [n[1][b"kind"] for n in notices] == [b"balance_zero"]
+
+
+async def test_pipelined_ledger_reloads_scripts_and_survives_a_redis_restart(tmp_path) -> None:
+    """The pipelined connection: NOSCRIPT after a flush reloads; a dead Redis fails fast; it reconnects."""
+    from gateway.ledger.client import LedgerUnavailable
+    from gateway.services import redis_client
+
+    try:
+        from _procs import RedisProcess
+    except ImportError:  # pragma: no cover
+        from tests._procs import RedisProcess
+
+    server = RedisProcess(tmp_path / "r", appendonly=True, args=["--appendfsync", "always"])
+    server.start()
+    client = redis_client(server.url, timeout_s=0.5)
+    ledger = Ledger(client, pipeline=True)
+    try:
+        await ledger.fund(ORG, 100 * UNIT)
+        grants = await asyncio.gather(*(reserve(ledger, f"c{i}") for i in range(50)))
+        assert all(g.ok for g in grants)
+        await client.script_flush()
+        again = await asyncio.gather(*(ledger.extend(ORG, f"c{i}", 1, month=MONTH, lease_ms=60_000) for i in range(50)))
+        assert all(e.ok for e in again)
+        server.kill()
+        with pytest.raises(LedgerUnavailable):
+            await ledger.extend(ORG, "c0", 2, month=MONTH, lease_ms=60_000)
+        server.restart()  # AOF with fsync always: nothing was lost
+        e2 = await ledger.extend(ORG, "c0", 2, month=MONTH, lease_ms=60_000)
+        assert e2.ok and e2.seq == 2
+        assert (await reconcile(ledger, ORG)).ok
+    finally:
+        await ledger.close()
+        await client.aclose()
+        server.stop()

@@ -82,23 +82,25 @@ end
 -- A call's state is one packed field ('s') of its hash (17 signed 64-bit integers), read with
 -- HMGET next to the few other fields a script needs: unpacking it is far cheaper inside Redis than
 -- HGETALL of a wide hash or splitting text. Mirrored by CALL_FIELDS in gateway/ledger/client.py.
-local CALL_FIELDS = {'st', 'seq', 'pays', 'lic', 'fee', 'rate', 'inc1', 'inc2', 'chunk',
-                     'g', 'pg', 'mg', 'cf', 'held', 'com', 'fin', 'emergency'}
-local CALL_FORMAT = '<' .. string.rep('i8', #CALL_FIELDS)
+local CALL_FORMAT = '<i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8'
 local ST = {refused = 0, held = 1, live = 2, done = 3}
 local PAYS = {credits = 1, plan = 2, included = 3}
 
+-- Field by field, in this order: st, seq, pays, lic, fee, rate, inc1, inc2, chunk, g, pg, mg, cf,
+-- held, com, fin, emergency. Spelled out rather than looped over a name list: a table built by
+-- one constructor is markedly cheaper inside Redis, and this runs in every call script.
 local function unpack_call(s)
-  local v = {struct.unpack(CALL_FORMAT, s)}
-  local c = {}
-  for i = 1, #CALL_FIELDS do c[CALL_FIELDS[i]] = v[i] end
-  return c
+  local st, seq, pays, lic, fee, rate, inc1, inc2, chunk, g, pg, mg, cf, held, com, fin, emergency =
+    struct.unpack(CALL_FORMAT, s)
+  return {st = st, seq = seq, pays = pays, lic = lic, fee = fee, rate = rate, inc1 = inc1, inc2 = inc2,
+          chunk = chunk, g = g, pg = pg, mg = mg, cf = cf, held = held, com = com, fin = fin,
+          emergency = emergency}
 end
 
 local function pack_call(c)
-  local v = {}
-  for i = 1, #CALL_FIELDS do v[i] = c[CALL_FIELDS[i]] or 0 end
-  return struct.pack(CALL_FORMAT, unpack(v))
+  return struct.pack(CALL_FORMAT, c.st or 0, c.seq or 0, c.pays or 0, c.lic or 0, c.fee or 0, c.rate or 0,
+    c.inc1 or 0, c.inc2 or 0, c.chunk or 0, c.g or 0, c.pg or 0, c.mg or 0, c.cf or 0, c.held or 0,
+    c.com or 0, c.fin or 0, c.emergency or 0)
 end
 
 -- The call (nil when unknown), its plan bucket, and the values of `...`, further hash fields.
@@ -161,26 +163,22 @@ local K = {
 -- The account's money is one packed field ('v') read once and written once per script; the
 -- recharge settings beside it are plain fields the admin tools write. Mirrored by ACCT_FIELDS in
 -- gateway/ledger/client.py.
-local ACCT_FIELDS = {'balance', 'reserved', 'live', 'funded', 'spent', 'sday', 'sdayamt', 'rc_pending'}
-local ACCT_FORMAT = '<' .. string.rep('i8', #ACCT_FIELDS)
+local ACCT_FORMAT = '<i8i8i8i8i8i8i8i8'
 
+-- Fields in order: balance, reserved, live, funded, spent, sday, sdayamt, rc_pending.
 local function acct_load()
   local v = redis.call('HMGET', K.acct, 'v', 'rc_threshold', 'rc_amount')
-  local a = {}
+  local balance, reserved, live, funded, spent, sday, sdayamt, rc_pending = 0, 0, 0, 0, 0, 0, 0, 0
   if v[1] then
-    local x = {struct.unpack(ACCT_FORMAT, v[1])}
-    for i = 1, #ACCT_FIELDS do a[ACCT_FIELDS[i]] = x[i] end
-  else
-    for i = 1, #ACCT_FIELDS do a[ACCT_FIELDS[i]] = 0 end
+    balance, reserved, live, funded, spent, sday, sdayamt, rc_pending = struct.unpack(ACCT_FORMAT, v[1])
   end
-  a.rc_threshold, a.rc_amount = int(v[2]), int(v[3])
-  return a
+  return {balance = balance, reserved = reserved, live = live, funded = funded, spent = spent, sday = sday,
+          sdayamt = sdayamt, rc_pending = rc_pending, rc_threshold = int(v[2]), rc_amount = int(v[3])}
 end
 
 local function acct_save(a)
-  local x = {}
-  for i = 1, #ACCT_FIELDS do x[i] = a[ACCT_FIELDS[i]] end
-  redis.call('HSET', K.acct, 'v', struct.pack(ACCT_FORMAT, unpack(x)))
+  redis.call('HSET', K.acct, 'v', struct.pack(ACCT_FORMAT, a.balance, a.reserved, a.live, a.funded, a.spent,
+    a.sday, a.sdayamt, a.rc_pending))
 end
 
 -- UTC day number of a Redis time in ms, for the daily spend limit.

@@ -4,7 +4,8 @@
 --       cdr, outbox, purchases).
 -- ARGV: 1 call id, 2 seq, 3 answered (1/0), 4 duration from answer in ms, 5 end reason,
 --       6 timestamp (ISO 8601), 7 retention s of the settled call record, 8 CDR extras (JSON:
---       start/answer/end times and anything else the report needs).
+--       start/answer/end times and anything else the report needs), 9 the caller's time in ms (for
+--       the UTC day of the daily spend; the script needs no lease time, so it skips TIME).
 -- Returns: 'ok|reason|charge|billed_s|minutes_s|balance|reserved|debit' (ok 0 with reason
 --       unknown_call when no such call was reserved).
 -- Guarantees: charge = the deck's price of the call (fee once, increments rounded up) for its
@@ -31,7 +32,7 @@ end
 local a = acct_load()
 a.reserved = a.reserved - (c.held - c.com)
 a.live = a.live - 1
-debit(a, amount - c.com, day_of(now_ms()), call_id, tonumber(ARGV[2]), ts, 'settle')
+debit(a, amount - c.com, day_of(tonumber(ARGV[9])), call_id, tonumber(ARGV[2]), ts, 'settle')
 acct_save(a)
 if c.mg > 0 then
   redis.call('HINCRBY', K.minutes, c.bucket .. ':held', fmt(-c.mg))
