@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import signal
 import time
 
+from gateway.b2bua.core import B2BUA
+from gateway.b2bua.stack import SipStack
 from gateway.config import Config
 from gateway.ledger.client import LedgerUnavailable
+from gateway.ledger.keys import GLOBAL
 from gateway.services import Services, open_services
 
 __all__ = ["run_gateway", "serve"]
@@ -52,18 +56,41 @@ def _configure_logging(level: str, json_logs: bool) -> None:
     logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler], force=True)
 
 
-async def serve(svc: Services, stop: asyncio.Event) -> None:
-    """Run the process's long-lived tasks until ``stop`` is set."""
+async def _digest_secret(svc: Services) -> bytes:
+    """The digest nonce secret every gateway process shares (created once, kept in Redis)."""
+    await svc.client.set(GLOBAL.digest_secret, secrets.token_hex(32), nx=True)
+    value = await svc.client.get(GLOBAL.digest_secret)
+    return bytes.fromhex(value.decode() if isinstance(value, bytes) else value)
+
+
+async def start_sip(svc: Services, *, reuse_port: bool = False) -> B2BUA:
+    """Listen for SIP on ``[sip] listen`` (UDP and TCP) and put the B2BUA behind it."""
+    cfg = svc.config.sip
+    stack = SipStack(max_message_bytes=cfg.max_message_bytes, tcp_idle_timeout_s=cfg.tcp_idle_timeout_s)
+    host, port = cfg.address
+    await stack.start(host, port, reuse_port=reuse_port)
+    b2bua = B2BUA(stack, directory=svc.directory, engine=svc.engine, config=cfg, redis=svc.client,
+                  digest_secret=await _digest_secret(svc))
+    log.info("SIP listening on %s:%d (udp, tcp)", stack.host, stack.port)
+    return b2bua
+
+
+async def serve(svc: Services, stop: asyncio.Event, *, reuse_port: bool = False) -> None:
+    """Run the process's long-lived tasks until ``stop`` is set, then drain the live calls."""
     try:
         await svc.rates.load()
     except LedgerUnavailable as exc:
         log.error("rate deck not loaded: %s", exc)
     svc.rates.watch()
     housekeeping = asyncio.ensure_future(svc.engine.run_housekeeping(svc.config.credit.sweep_interval_s))
+    b2bua = await start_sip(svc, reuse_port=reuse_port)
     log.info("creditgate ready: ledger at %s (data_dir %s)", svc.url, svc.config.data_dir)
     try:
         await stop.wait()
+        log.info("stopping: no new calls; draining %d live calls", b2bua.live_calls)
+        await b2bua.drain(svc.config.sip.drain_timeout_s)
     finally:
+        b2bua.stack.close()
         housekeeping.cancel()
         await asyncio.gather(housekeeping, return_exceptions=True)
         await svc.rates.stop()

@@ -64,6 +64,7 @@ class SipConfig:
     tcp_idle_timeout_s: float = 300.0
     max_live_calls: int = 100_000
     max_setups_per_s: int = 5_000
+    drain_timeout_s: float = 30.0
 
     @property
     def address(self) -> tuple[str, int]:

@@ -132,6 +132,13 @@ class GlobalKeys:
     deck = _p + "deck"  # string: the rate deck as CSV text (all versions)
     deck_version = _p + "deckver"  # integer: bumped on every deck change
     tokens = _p + "tokens"  # hash: sha256(token) -> JSON {org, role, label, created}
+    digest_secret = _p + "digestsecret"  # string: the HMAC secret of SIP digest nonces, shared by every process
+    registrations = _p + "reg"  # hash: address-of-record -> JSON contacts with expiry (the registrar)
+
+    @staticmethod
+    def digest_replay(key: str) -> str:
+        """String with a TTL: a (nonce, nc, cnonce) already used once (digest replay protection)."""
+        return "cg:{global}:dr:" + key
 
 
 GLOBAL = GlobalKeys()

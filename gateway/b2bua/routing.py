@@ -1,0 +1,115 @@
+"""Who sent a call and where it goes: trunk, carrier and toll-free identification (SPEC 3.1, 9).
+
+A source is matched against the configured trunks and carriers: an entry with a port matches only
+that address and port, one without a port any port of that address, and the most specific match
+wins (an exact trunk or carrier before a host-only trunk). Nothing else is trusted: an unknown source
+is refused (no open relay). Calls from a PBX or bridge trunk go out to a carrier; calls from a
+carrier must be for a toll-free number, and go to that number's target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dialplans import DialplanError, normalize
+
+from gateway.directory import Carrier, Directory, Org, TollFree, Trunk, User
+from gateway.sip.errors import ParseError
+from gateway.sip.message import Request
+from gateway.sip.uri import SipUri, parse_name_addr, unescape
+
+__all__ = ["Origin", "identify_source", "calling_number", "dialed_digits", "find_user", "target_address"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Origin:
+    """A known source: a trunk of an organization, or a carrier."""
+
+    kind: Literal["trunk", "carrier"]
+    trunk: Trunk | None = None
+    carrier: Carrier | None = None
+
+
+def _host(host: str) -> str:
+    return host.strip("[]").lower()
+
+
+async def identify_source(directory: Directory, host: str, port: int) -> Origin | None:
+    """The trunk or carrier ``host:port`` belongs to, or None (an unknown source)."""
+    host = _host(host)
+    trunks = [t for t in await directory.list_trunks() if _host(t.host) == host]
+    for t in trunks:
+        if t.port == port:
+            return Origin(kind="trunk", trunk=t)
+    for c in await directory.list_carriers():
+        if _host(c.host) == host and c.port == port:
+            return Origin(kind="carrier", carrier=c)
+    for t in trunks:
+        if t.port is None:
+            return Origin(kind="trunk", trunk=t)
+    return None
+
+
+def _user_part(value: str | None) -> str | None:
+    """The user part of a SIP URI (unescaped), or the number of a tel: URI, from a header value."""
+    if not value:
+        return None
+    try:
+        uri = parse_name_addr(value).uri
+    except ParseError:
+        return None
+    if isinstance(uri, SipUri):
+        user = uri.user_unescaped
+        return user.split(";", 1)[0] if user else None
+    if uri.scheme == "tel":
+        return unescape(str(uri)[4:]).split(";", 1)[0]
+    return None
+
+
+def calling_number(request: Request) -> str | None:
+    """The calling identity: P-Asserted-Identity when present, else From (SPEC 3.1)."""
+    for pai in request.headers.get_all("P-Asserted-Identity"):
+        user = _user_part(pai)
+        if user:
+            return user
+    return _user_part(request.headers.get("From"))
+
+
+def dialed_digits(request: Request) -> str | None:
+    """What was dialed: the Request-URI's user part (with visual separators as sent)."""
+    uri = request.uri
+    if isinstance(uri, SipUri):
+        user = uri.user_unescaped
+        return user.split(";", 1)[0] if user else None
+    if uri.scheme == "tel":
+        return unescape(str(uri)[4:]).split(";", 1)[0]
+    return None
+
+
+async def find_user(directory: Directory, org: Org, number: str | None) -> User | None:
+    """The organization's user whose number is ``number`` (in any dialing form of its plan)."""
+    if not number:
+        return None
+    try:
+        e164 = normalize(number, org.plan).number
+    except DialplanError:
+        return None
+    if not e164.startswith("+"):
+        return None
+    return await directory.user_by_number(org.id, e164)
+
+
+async def tollfree_for(directory: Directory, number: str | None) -> TollFree | None:
+    """The toll-free record of a number a carrier delivered (E.164 with or without '+')."""
+    if not number:
+        return None
+    digits = "".join(ch for ch in number if ch.isdigit())
+    if not digits:
+        return None
+    return await directory.tollfree("+" + digits)
+
+
+def target_address(uri: SipUri) -> tuple[str, int]:
+    """Where to send a request for ``uri`` (an address with a port; no DNS on the call path)."""
+    return uri.host.strip("[]"), uri.port or 5060
