@@ -9,16 +9,21 @@ a ledger outage. It stops cleanly on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import multiprocessing
+import os
 import logging
 import secrets
 import signal
 import time
+from typing import Any
 
 from gateway.b2bua.core import B2BUA
 from gateway.b2bua.stack import SipStack
 from gateway.config import Config
 from gateway.ledger.client import LedgerUnavailable
+from gateway.ledger.embedded import ensure_redis
 from gateway.ledger.keys import GLOBAL
 from gateway.services import Services, open_services
 
@@ -98,11 +103,17 @@ async def serve(svc: Services, stop: asyncio.Event, *, reuse_port: bool = False)
             await svc.engine.retry_pending()
 
 
-def run_gateway(config: Config, *, workers: int = 1, json_logs: bool = False) -> int:
-    _configure_logging(config.log_level, json_logs)
-    if workers != 1:
-        log.error("--workers %d: only one process is supported by this version", workers)
-        return 2
+def _run_loop(main: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+def _serve_process(config: Config, *, reuse_port: bool) -> None:
+    """One gateway process: services, SIP, housekeeping, until SIGTERM/SIGINT."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -110,13 +121,68 @@ def run_gateway(config: Config, *, workers: int = 1, json_logs: bool = False) ->
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with open_services(config, pipeline=True) as svc:
-            await serve(svc, stop)
+            await serve(svc, stop, reuse_port=reuse_port)
 
+    _run_loop(main)
+
+
+def _worker_main(config: Config, json_logs: bool, index: int) -> None:
+    _configure_logging(config.log_level, json_logs)
+    log.info("worker %d started (pid %d)", index, os.getpid())
+    _serve_process(config, reuse_port=True)
+
+
+def _supervise(config: Config, workers: int, json_logs: bool) -> None:
+    """Run ``workers`` processes sharing the SIP port (SO_REUSEPORT) and one Redis; restart any that
+    dies (its reservations are settled by the sweeper of any process once their lease runs out)."""
+    ctx = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    procs: list[Any] = []
+    for i in range(workers):
+        p = ctx.Process(target=_worker_main, args=(config, json_logs, i), name=f"creditgate-worker-{i}")
+        p.start()
+        procs.append(p)
+    while not stopping:
+        time.sleep(0.2)
+        for i, p in enumerate(procs):
+            if not p.is_alive() and not stopping:
+                log.error("worker %d (pid %s) exited with %s: restarting it", i, p.pid, p.exitcode)
+                procs[i] = ctx.Process(target=_worker_main, args=(config, json_logs, i), name=f"creditgate-worker-{i}")
+                procs[i].start()
+    log.info("stopping %d workers", len(procs))
+    for p in procs:
+        if p.is_alive() and p.pid is not None:
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + config.sip.drain_timeout_s + 15
+    for p in procs:
+        p.join(max(deadline - time.monotonic(), 0.1))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def run_gateway(config: Config, *, workers: int = 1, json_logs: bool = False) -> int:
+    _configure_logging(config.log_level, json_logs)
+    if workers == 1:
+        _serve_process(config, reuse_port=False)
+        log.info("creditgate stopped")
+        return 0
+    # Several processes: the embedded Redis is started once, here, and shared by every worker.
+    embedded = None
+    if not config.redis.url:
+        url, embedded = ensure_redis(config.data_dir.resolve(), config.redis.appendfsync)
+        config = dataclasses.replace(config, redis=dataclasses.replace(config.redis, url=url))
     try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+        _supervise(config, workers, json_logs)
+    finally:
+        if embedded is not None:
+            embedded.stop()
     log.info("creditgate stopped")
     return 0

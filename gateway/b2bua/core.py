@@ -252,8 +252,8 @@ class B2BUA:
         self.stack.respond(txn, make_response(request, status, reason, to_tag=tag, headers=headers or ()))
 
     def _looped(self, request: Request) -> bool:
-        mine = f"{self.stack.hostport}:{self.stack.port}".lower()
-        return any((v.branch or "").startswith(BRANCH_PREFIX) and v.sent_by.lower() == mine
+        mine = {f"{self.stack.hostport}:{p}".lower() for p in (self.stack.port, self.stack.listen_port)}
+        return any((v.branch or "").startswith(BRANCH_PREFIX) and v.sent_by.lower() in mine
                    for v in request.vias)
 
     def _new_invite(self, txn: ServerTransaction, request: Request) -> None:

@@ -65,8 +65,10 @@ class SipStack:
         self.max_transactions = max_transactions
         self.udp: UdpTransport | None = None
         self.tcp = TcpTransport(self._on_stream, max_size=max_message_bytes, idle_timeout_s=tcp_idle_timeout_s)
+        self.udp_own: UdpTransport | None = None
         self.host = "127.0.0.1"
-        self.port = 0
+        self.port = 0  # the port our Via and Contact name
+        self.listen_port = 0  # the configured (possibly shared) port
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,17 +77,27 @@ class SipStack:
     # -- life -----------------------------------------------------------------------------
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Listen on ``host:port``. With ``reuse_port`` (several worker processes on one port) this
+        process also opens a UDP socket of its own and names it in its Via and Contact: the kernel
+        spreads datagrams on the shared port by source, so the answers and in-dialog requests of the
+        legs this process started must come back to a port that is only this process's."""
         self._loop = asyncio.get_running_loop()
         self.udp = await UdpTransport.listen(host, port, self._on_datagram, reuse_port=reuse_port)
         assert self.udp.address is not None
-        self.host, self.port = self.udp.address[0], self.udp.address[1]
-        await self.tcp.listen(host, self.port, reuse_port=reuse_port)
+        self.host, self.listen_port = self.udp.address[0], self.udp.address[1]
+        self.port = self.listen_port
+        await self.tcp.listen(host, self.listen_port, reuse_port=reuse_port)
+        if reuse_port:
+            self.udp_own = await UdpTransport.listen(host, 0, self._on_datagram)
+            assert self.udp_own.address is not None
+            self.port = self.udp_own.address[1]
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self.udp is not None:
-            self.udp.close()
+        for udp in (self.udp, self.udp_own):
+            if udp is not None:
+                udp.close()
         self.tcp.close()
 
     @property
@@ -104,11 +116,13 @@ class SipStack:
 
     def via(self, transport: str) -> str:
         branch = BRANCH_PREFIX + secrets.token_hex(8)
-        return f"SIP/2.0/{transport.upper()} {self.hostport}:{self.port};branch={branch};rport"
+        port = self.port if transport == "udp" else self.listen_port
+        return f"SIP/2.0/{transport.upper()} {self.hostport}:{port};branch={branch};rport"
 
     def contact(self, transport: str, user: str = "creditgate") -> str:
-        suffix = ";transport=tcp" if transport == "tcp" else ""
-        return f"<sip:{user}@{self.hostport}:{self.port}{suffix}>"
+        if transport == "tcp":
+            return f"<sip:{user}@{self.hostport}:{self.listen_port};transport=tcp>"
+        return f"<sip:{user}@{self.hostport}:{self.port}>"
 
     # -- input ----------------------------------------------------------------------------
 
@@ -170,8 +184,11 @@ class SipStack:
 
     def send(self, data: bytes, dest: Address, transport: str) -> None:
         if transport == "udp":
-            if self.udp is not None:
-                self.udp.send(data, dest)
+            # Responses leave from the shared port the requests came to; our requests from our own
+            # port (the one our Via names), when there is one.
+            udp = self.udp if self.udp_own is None or data.startswith(b"SIP/2.0 ") else self.udp_own
+            if udp is not None:
+                udp.send(data, dest)
         else:
             self.tcp.send(data, dest)
 
