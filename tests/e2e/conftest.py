@@ -9,6 +9,7 @@ are stopped after the test too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -115,15 +116,14 @@ async def _seed(svc: Any, pbx_port: int, carrier_port: int, bridge_port: int) ->
     await svc.rates.save(RateDeck.from_csv_text(DECK))
 
 
-@pytest.fixture
-def world(tmp_path: Path, redis_url: str, request: pytest.FixtureRequest) -> Iterator[World]:
-    marker = request.node.get_closest_marker("gateway_settings")
-    settings: dict[str, dict[str, Any]] = {"credit": {"debit_interval_s": 2, "sweep_interval_s": 1.0},
-                                           "sip": {"drain_timeout_s": 2.0}}
-    if marker is not None:
-        for section, values in marker.args[0].items():
-            settings.setdefault(section, {}).update(values)
-    gw = GatewayProcess(tmp_path / "gw", redis_url, settings=settings)
+@contextlib.contextmanager
+def make_world(directory: Path, redis_url: str, settings: dict[str, dict[str, Any]] | None = None) -> Iterator[World]:
+    """A seeded world on ``redis_url`` with a running gateway, stopped (and checked to exit 0) after."""
+    merged: dict[str, dict[str, Any]] = {"credit": {"debit_interval_s": 2, "sweep_interval_s": 1.0},
+                                         "sip": {"drain_timeout_s": 2.0}}
+    for section, values in (settings or {}).items():
+        merged.setdefault(section, {}).update(values)
+    gw = GatewayProcess(directory / "gw", redis_url, settings=merged)
     w = World(gw=gw, pbx_port=free_port(), carrier_port=free_port(), bridge_port=free_port())
     w.services(lambda svc: _seed(svc, w.pbx_port, w.carrier_port, w.bridge_port))
     gw.start()
@@ -133,3 +133,10 @@ def world(tmp_path: Path, redis_url: str, request: pytest.FixtureRequest) -> Ite
     finally:
         code = gw.stop()
         assert code == 0, f"the gateway exited with {code}:\n{gw.log_tail()}"
+
+
+@pytest.fixture
+def world(tmp_path: Path, redis_url: str, request: pytest.FixtureRequest) -> Iterator[World]:
+    marker = request.node.get_closest_marker("gateway_settings")
+    with make_world(tmp_path, redis_url, marker.args[0] if marker is not None else None) as w:
+        yield w
