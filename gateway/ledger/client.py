@@ -2,7 +2,9 @@
 
 Python never reads a balance and writes it back; it only asks a script to do so atomically. Each
 script is registered once and called by SHA (reloaded on NOSCRIPT, e.g. after a Redis restart or
-SCRIPT FLUSH). Concurrent calls from one process can be sent in one pipeline per event-loop turn
+SCRIPT FLUSH). Each script is sent with only the helpers of _lib.lua it uses (Redis runs a
+script's whole text on every call). Concurrent calls from one process can be sent together, once
+per event-loop turn, as batches that ``batch.lua`` runs in one script call each
 (``pipeline=True``, see ``_pipe.py``): that is what lets one process reach tens of thousands of
 ledger operations a second. Redis errors and timeouts become ``LedgerUnavailable`` (the caller applies the outage
 policy); nothing else leaks out.
@@ -12,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import struct
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -186,15 +189,68 @@ def decode_account(raw: bytes | None) -> dict[str, int]:
     return dict(zip(ACCT_FIELDS, _ACCT.unpack(raw)))
 
 
+_DEFINES = re.compile(r"^local function (\w+)|^local ([\w, ]+?) =", re.M)
+
+
+def _lib_chunks(lib: str) -> list[tuple[frozenset[str], str]]:
+    """_lib.lua cut at blank lines: each chunk with the top-level names it defines."""
+    out = []
+    for chunk in lib.split("\n\n"):
+        names = frozenset(n.strip() for m in _DEFINES.findall(chunk) for n in ",".join(m).split(",") if n.strip())
+        out.append((names, chunk))
+    return out
+
+
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+def _uses(code: str, name: str) -> bool:
+    """Whether comment-free Lua ``code`` reads ``name`` (a field ``x.name`` or ``{name = ...}`` is not it)."""
+    return re.search(r"(?<![\w.])" + re.escape(name) + r"(?!\w)(?!\s*=[^=])", code) is not None
+
+
+def _helpers_for(body: str, lib: str) -> str:
+    """The chunks of ``lib`` that ``body`` needs, directly or through other helpers, in lib order.
+
+    Redis runs a script's whole text on every call: each helper defined is a closure made, each
+    table built is garbage to collect, even when the script never uses them. Chunks that define
+    nothing (the effects-replication switch, comments) are always kept.
+    """
+    chunks = _lib_chunks(lib)
+    keep = [not names for names, _ in chunks]
+    needed_by = _COMMENT.sub("", body)
+    changed = True
+    while changed:
+        changed = False
+        for i, (names, chunk) in enumerate(chunks):
+            if not keep[i] and any(_uses(needed_by, n) for n in names):
+                keep[i] = True
+                needed_by += "\n" + _COMMENT.sub("", chunk)
+                changed = True
+    return "\n\n".join(chunk for k, (_, chunk) in zip(keep, chunks) if k)
+
+
+SCRIPT_NAMES = ("reserve", "extend", "settle", "expire", "fund", "late_settle")
+
+
 def _load_scripts() -> dict[str, str]:
+    """Every script as Redis runs it: its contract, the helpers it uses, its body; and ``batch``."""
     lua = resources.files("gateway.ledger").joinpath("lua")
     lib = lua.joinpath("_lib.lua").read_text(encoding="utf-8")
     out = {}
-    for name in ("reserve", "extend", "settle", "expire", "fund", "late_settle"):
+    bodies = {}
+    for name in SCRIPT_NAMES:
         body = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-        # The contract stays at the top of what Redis sees; the helpers follow it.
+        # The contract stays at the top of what Redis sees; the helpers it uses follow it.
         contract, _, rest = body.partition("\n\n")
-        out[name] = contract + "\n\n" + lib + "\n" + rest
+        out[name] = contract + "\n\n" + _helpers_for(rest, lib) + "\n" + rest
+        bodies[name] = rest
+    # batch: every script's body as a function of its ARGV (K re-bound per operation), then the
+    # loop that runs them; a top-level 'return' of a body returns from its function.
+    contract, _, loop = lua.joinpath("batch.lua").read_text(encoding="utf-8").partition("\n\n")
+    ops = "".join(f"OPS.{name} = function(ARGV)\n{body}\nend\n\n" for name, body in bodies.items())
+    out["batch"] = (contract + "\n\n" + _helpers_for(ops + loop, lib) + "\n\nlocal OPS = {}\n\n" + ops
+                    + loop)
     return out
 
 
@@ -219,8 +275,9 @@ class Ledger:
         self.max_balance = min(max_balance, MAX_BALANCE_MICROS)
         self._scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
         # Pipelining needs one server (a cluster client routes each call itself).
-        self._pipe = ScriptPipe.for_client(client, client.script_load) if pipeline and hasattr(
-            client, "connection_pool") else None
+        self._pipe = ScriptPipe.for_client(
+            client, batch_sha=self._scripts["batch"].sha, batch_script=_SCRIPTS["batch"],
+            load_script=client.script_load) if pipeline and hasattr(client, "connection_pool") else None
         # Without pipelining each request holds a connection: bound them, so that a burst of calls
         # waits for a connection instead of opening hundreds at once (or failing).
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -232,14 +289,15 @@ class Ledger:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _run(self, name: str, keys: Sequence[str], args: Iterable[Any]) -> Any:
-        script = self._scripts[name]
-        args = list(args)
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             if self._pipe is not None:
-                return await self._pipe.evalsha(script.sha, _SCRIPTS[name], [len(keys), *keys, *args])
+                reply = await self._pipe.run(name, keys, args)
+                if isinstance(reply, ResponseError):
+                    raise reply
+                return reply
             async with self._in_flight:
-                return await script(keys=keys, args=args)
+                return await self._scripts[name](keys=keys, args=list(args))
         except ResponseError as exc:
             raise LedgerError(f"ledger script {name} failed: {exc}") from exc
         except (RedisError, OSError, asyncio.TimeoutError) as exc:

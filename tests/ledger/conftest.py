@@ -1,4 +1,5 @@
-"""Ledger fixtures: every ledger test runs on one redis-server and on a three-node Redis Cluster."""
+"""Ledger fixtures: every ledger test runs on one redis-server (each request on its own, then
+pipelined in batches) and on a three-node Redis Cluster."""
 
 from __future__ import annotations
 
@@ -11,12 +12,19 @@ from gateway.ledger.client import Ledger
 from gateway.services import redis_client
 
 
-@pytest.fixture(params=["single", "cluster"])
+@pytest.fixture(params=["single", "pipelined", "cluster"])
 def ledger_target(request: pytest.FixtureRequest) -> tuple[str, bool]:
-    """(url, is_cluster) of an emptied Redis: a single server, then the local cluster."""
-    if request.param == "single":
-        return request.getfixturevalue("redis_url"), False
-    return request.getfixturevalue("cluster_url"), True
+    """(url, is_cluster) of an emptied Redis: a single server (twice: direct and pipelined
+    ledgers, see ``ledger``), then the local cluster."""
+    if request.param == "cluster":
+        return request.getfixturevalue("cluster_url"), True
+    return request.getfixturevalue("redis_url"), False
+
+
+@pytest.fixture
+def ledger_pipelined(request: pytest.FixtureRequest) -> bool:
+    """Whether this test's ``ledger`` batches its requests over one pipelined connection."""
+    return request.node.callspec.params.get("ledger_target") == "pipelined"
 
 
 @pytest.fixture
@@ -32,5 +40,10 @@ async def ledger_client(ledger_target: tuple[str, bool]) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-def ledger(ledger_client: Any) -> Ledger:
-    return Ledger(ledger_client)
+async def ledger(ledger_client: Any, ledger_pipelined: bool) -> AsyncIterator[Ledger]:
+    led = Ledger(ledger_client, pipeline=ledger_pipelined)
+    assert (led._pipe is not None) == ledger_pipelined
+    try:
+        yield led
+    finally:
+        await led.close()

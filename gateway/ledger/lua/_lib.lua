@@ -154,11 +154,16 @@ local function enc(t)
     t[8] or 0, t[9] or 0)
 end
 
--- The fixed KEYS of every call-scoped script.
-local K = {
-  acct = KEYS[1], call = KEYS[2], leases = KEYS[3], allot = KEYS[4], minutes = KEYS[5],
-  audit = KEYS[6], cdr = KEYS[7], outbox = KEYS[8], purchases = KEYS[9],
-}
+-- The fixed KEYS of every call-scoped script (fund.lua: K.call is the fundings hash). batch.lua
+-- runs several operations in one script, each with nine keys of its own: bind_keys(base) points K
+-- at KEYS[base + 1] .. KEYS[base + 9] before each one.
+local K = {}
+local function bind_keys(base)
+  K.acct, K.call, K.leases, K.allot, K.minutes, K.audit, K.cdr, K.outbox, K.purchases =
+    KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4], KEYS[base + 5], KEYS[base + 6],
+    KEYS[base + 7], KEYS[base + 8], KEYS[base + 9]
+end
+bind_keys(0)
 
 -- The account's money is one packed field ('v') read once and written once per script; the
 -- recharge settings beside it are plain fields the admin tools write. Mirrored by ACCT_FIELDS in

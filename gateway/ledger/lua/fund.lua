@@ -12,7 +12,7 @@
 
 local amount, kind, key = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 if key ~= '' then
-  local first = redis.call('HGET', KEYS[2], key)
+  local first = redis.call('HGET', K.call, key)
   if first then return first end
 end
 local a = acct_load()
@@ -26,5 +26,5 @@ if kind == 'recharge' then a.rc_pending = 0 end
 acct_save(a)
 audit(kind, amount, a.balance, '', 0, ARGV[4], ARGV[5])
 local r = enc({1, 'ok', a.balance, amount})
-if key ~= '' then redis.call('HSET', KEYS[2], key, r) end
+if key ~= '' then redis.call('HSET', K.call, key, r) end
 return r
