@@ -9,9 +9,10 @@ floor division and ``(x + d - 1) / d`` is the ceiling.
 
 Why an interval index rather than a digit trie: on a 100,000-prefix deck a flat trie (int32 x 10
 children per node, 9.6 MB; or a compact one, 2.6 MB) costs one dependent cache miss per digit past the
-first few levels, about 7 nodes per lookup; measured, it did 3.1 M single / 12.5 M batched lookups/s
-where this index does about 6 M / 24-30 M, because a lookup reads one cold 128-byte leaf whatever the
-prefix length. See the section "deck storage" below.
+first few levels, about 7 nodes per lookup, where this index reads one cold 64-byte leaf whatever the
+prefix length, found through a table that stays in the CPU caches. See "deck storage" below. What is
+left of a uniform lookup is mostly that leaf and the returned Rate's reference count, each a cache
+miss on a deck this size; ``lookup_many`` overlaps them across numbers.
 """
 
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check
@@ -23,7 +24,7 @@ from cpython.set cimport PySet_Contains
 from cpython.tuple cimport PyTuple_Check
 from cpython.unicode cimport PyUnicode_Check
 from libc.math cimport floor, isfinite
-from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX, int64_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from posix.time cimport clock_gettime, timespec
 
@@ -328,31 +329,60 @@ def parse_rows(reader, default_effective, progress):
 
 # --- deck storage, version selection and lookup -------------------------------------------------------
 #
-# Longest-prefix match as an interval search. A number's first KEY_DIGITS digits give a key in base 11
-# (digit d counts d + 1; a missing digit counts 0), so the numbers that start with a prefix of L digits
-# have exactly the keys in [key(prefix), key(prefix) + 11**(KEY_DIGITS - L) - 1], and prefixes nest as
-# intervals. Flattening the nested intervals of a snapshot gives sorted boundaries, each with the row
-# of the innermost prefix from there to the next boundary (NULL: none); the answer for a key is the row
-# of the last boundary <= key. The boundaries sit in a static B+ tree of 8-key blocks: the leaf level
-# stores each block's 8 keys with their 8 Rate pointers in one 128-byte, cache-aligned block, and the
-# levels above hold the first key of each block below (about 1/8 of the size each, so they stay in
-# the CPU caches). A lookup reads a handful of cached blocks and one leaf, whatever the prefix length;
-# ``lookup_many`` searches LANES numbers at once, one level per round, prefetching each lane's next
-# block so that their cache misses overlap.
+# Longest-prefix match as an interval search. Let D be the length of the deck's longest prefix. A
+# number's first D digits give a key in base 11 (digit d counts d + 1; a missing digit counts 0), so the
+# numbers that start with a prefix of L digits have exactly the keys in [key(prefix), key(prefix) +
+# 11**(D - L) - 1], and prefixes nest as intervals. Flattening the nested intervals of a snapshot gives
+# sorted boundaries, each with the row of the innermost prefix from there to the next boundary (none
+# past the last); the answer for a key is the row of the last boundary <= key.
+#
+# The boundaries sit in leaves of LEAF keys with their LEAF rows. A table of 2**k buckets (about one
+# per two leaves) maps the top k bits of a key to the leaf holding the last boundary <= the bucket's
+# first key; from there the leaf of any key in the bucket is found by counting, LEAF at a time, the
+# following leaves whose first key (a separate, compact array) is <= key: usually one step. The table and
+# the first keys stay in the CPU caches; what counts is the size of the leaves, as a lookup reads one cold:
+#   - keys are 32-bit when D <= 9 (11**9 < 2**32), the usual case; 64-bit above (11**18 < 2**64);
+#   - a row is a 32-bit reference: the Rate's address as a 16-byte offset from the lowest Rate address
+#     (CPython's allocator aligns objects to 16 bytes), or, should the Rates lie too far apart for that,
+#     its position in the deck's row tuple.
+# So a leaf is one 64-byte cache line (32-bit keys) or two (64-bit), and the index of a 100,000-prefix
+# deck takes 1.6 MB where 64-bit keys and pointers took 3.2 MB (more than the cache this machine gives us).
+#
+# ``lookup`` reads the clock only when the deck has versions dated after "always" (0), and then with
+# time(), the kernel's cached second. ``lookup_many`` works in three passes over a C array of the
+# numbers: keys (reading each str), the search (C only, nogil; LANES numbers at a time, one step per
+# round, prefetching each lane's next read so that their cache misses overlap), then the list
+# (prefetching the Rates whose reference counts it is about to raise).
 
 cdef extern from *:
+    """
+    #define __creditgate_prefetch_write(address) __builtin_prefetch((address), 1)
+    """
     void prefetch "__builtin_prefetch"(const void *address) nogil
+    void prefetch_write "__creditgate_prefetch_write"(const void *address) nogil
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    time_t time(time_t *tloc)
 
 cdef extern from "stdlib.h" nogil:
     int posix_memalign(void **memptr, size_t alignment, size_t size)
 
-cdef enum:
-    KEY_DIGITS = 18      # 11**18 < 2**63; MAX_PREFIX_DIGITS must not exceed it
-    FANOUT = 8           # keys per block
-    MAX_LEVELS = 24      # levels above the leaves (8**24 blocks: never reached)
-    LANES = 16           # numbers searched together by lookup_many
-    NESTING = 20         # deepest nesting of prefixes: one per digit
+ctypedef fused key_t:
+    uint32_t
+    uint64_t
 
+cdef enum:
+    KEY_DIGITS = 18      # 11**18 < 2**64; MAX_PREFIX_DIGITS must not exceed it
+    NARROW_DIGITS = 9    # 11**9 < 2**32: 32-bit keys
+    LEAF = 8             # boundaries per leaf: LEAF keys, then LEAF uint32 refs (16 x sizeof(key_t) bytes)
+    LANES = 16           # numbers searched together by lookup_many
+    AHEAD = 16           # how far ahead lookup_many prefetches the Rates it returns
+    NESTING = 20         # deepest nesting of prefixes: one per digit
+    STACK_NUMBERS = 256  # lookup_many's work array lives on the stack up to this many numbers
+
+cdef uint32_t NOREF = 0xFFFFFFFF     # a boundary with no rate from it on
+cdef uint64_t NOKEY = UINT64_MAX     # a number that is not [+]digits (every real key is < 11**18)
 
 cdef uint64_t[KEY_DIGITS + 1] POW11
 POW11[0] = 1
@@ -362,16 +392,17 @@ if MAX_PREFIX_DIGITS > KEY_DIGITS:
     raise ImportError("MAX_PREFIX_DIGITS exceeds the digits a lookup key holds")
 
 
-cdef struct Leaf:
-    uint64_t keys[FANOUT]            # ascending; padding keys are UINT64_MAX
-    PyObject *rates[FANOUT]          # the Rate in force from keys[i] on (borrowed), NULL: none
-
-
 cdef struct Index:
-    Leaf *leaves
+    char *leaves                     # nleaves leaves of 16 x sizeof(key) bytes, 64-byte aligned
     Py_ssize_t nleaves
-    Py_ssize_t nlevels               # levels above the leaves; upper[nlevels - 1] is one block
-    uint64_t *upper[MAX_LEVELS]      # upper[0][j]: first key of leaf j; upper[k + 1][j]: of block j of upper[k]
+    void *firsts                     # key[nleaves + LEAF]: the first key of each leaf, then padding
+    uint32_t *table                  # table[b]: the leaf that holds the last boundary <= b << shift
+    int shift
+
+
+cdef struct Refs:
+    char *base                       # Rate address = base + (ref << 4) ...
+    PyObject **table                 # ... or table[ref] when this is not NULL
 
 
 cdef struct Interval:
@@ -381,12 +412,12 @@ cdef struct Interval:
 
 
 cdef void _index_free(Index *index) noexcept nogil:
-    cdef Py_ssize_t level
     free(index.leaves)
-    for level in range(index.nlevels):
-        free(index.upper[level])
+    free(index.firsts)
+    free(index.table)
     index.leaves = NULL
-    index.nlevels = 0
+    index.firsts = NULL
+    index.table = NULL
 
 
 cdef void *_aligned(size_t size) noexcept nogil:
@@ -396,61 +427,108 @@ cdef void *_aligned(size_t size) noexcept nogil:
     return memory
 
 
-cdef int _index_build(Index *index, const uint64_t *keys, PyObject **rates, Py_ssize_t count) except -1:
-    """Fill ``index`` (zeroed by the caller) from ``count`` >= 1 ascending boundaries."""
-    cdef Py_ssize_t j, t, size, blocks, level
-    cdef uint64_t *below
-    cdef uint64_t *above
-    index.nleaves = (count + FANOUT - 1) // FANOUT
-    index.leaves = <Leaf *>_aligned(index.nleaves * sizeof(Leaf))
-    if index.leaves == NULL:
+cdef inline PyObject *_decode(const Refs *refs, uint32_t ref) noexcept nogil:
+    if ref == NOREF:
+        return NULL
+    if refs.table != NULL:
+        return refs.table[ref]
+    return <PyObject *>(refs.base + ((<size_t>ref) << 4))
+
+
+cdef int _index_build(Index *index, key_t width, const uint64_t *keys, const uint32_t *refs,
+                      Py_ssize_t count, uint64_t limit) except -1:
+    """Fill ``index`` (zeroed by the caller) from ``count`` >= 1 ascending boundaries, the first 0, of
+    keys below ``limit``; ``width`` only picks the key type."""
+    cdef Py_ssize_t j, b, buckets = 1
+    cdef int bits = 0, table_bits = 0
+    cdef key_t *leaf
+    cdef key_t *firsts
+    cdef key_t padding = <key_t>-1
+    index.nleaves = (count + LEAF - 1) // LEAF
+    index.leaves = <char *>_aligned(index.nleaves * 2 * LEAF * sizeof(key_t))
+    index.firsts = _aligned((index.nleaves + LEAF) * sizeof(key_t))
+    while buckets < index.nleaves // 2 and table_bits < 24:  # about two leaves a bucket
+        buckets *= 2
+        table_bits += 1
+    index.table = <uint32_t *>_aligned(buckets * sizeof(uint32_t))
+    if index.leaves == NULL or index.firsts == NULL or index.table == NULL:
         raise MemoryError()
-    for j in range(index.nleaves * FANOUT):
-        index.leaves[j // FANOUT].keys[j % FANOUT] = keys[j] if j < count else UINT64_MAX
-        index.leaves[j // FANOUT].rates[j % FANOUT] = rates[j] if j < count else NULL
-    size = index.nleaves  # keys in the level being built
-    while size > 1 or index.nlevels == 0:
-        if index.nlevels == MAX_LEVELS:
-            raise RatingError("rate deck too large for the prefix index")
-        blocks = (size + FANOUT - 1) // FANOUT
-        above = <uint64_t *>_aligned(blocks * FANOUT * sizeof(uint64_t))
-        if above == NULL:
-            raise MemoryError()
-        level = index.nlevels
-        index.upper[level] = above
-        index.nlevels += 1
-        for j in range(blocks * FANOUT):
-            if j >= size:
-                above[j] = UINT64_MAX
-            elif level == 0:
-                above[j] = index.leaves[j].keys[0]
-            else:
-                below = index.upper[level - 1]
-                above[j] = below[j * FANOUT]
-        size = blocks
+    for j in range(index.nleaves * LEAF):
+        leaf = <key_t *>(index.leaves + (j // LEAF) * 2 * LEAF * sizeof(key_t))
+        leaf[j % LEAF] = <key_t>keys[j] if j < count else padding
+        (<uint32_t *>(leaf + LEAF))[j % LEAF] = refs[j] if j < count else NOREF
+    firsts = <key_t *>index.firsts
+    for j in range(index.nleaves + LEAF):
+        firsts[j] = <key_t>keys[j * LEAF] if j < index.nleaves else padding
+    while bits < 64 and (limit - 1) >> bits:
+        bits += 1
+    index.shift = bits - table_bits if bits > table_bits else 0
+    j = 0
+    for b in range(buckets):
+        while j + 1 < index.nleaves and <uint64_t>firsts[j + 1] <= (<uint64_t>b) << index.shift:
+            j += 1
+        index.table[b] = <uint32_t>j
     return 0
 
 
-cdef inline Py_ssize_t _rank(const uint64_t *block, uint64_t key) noexcept nogil:
-    """How many of a block's FANOUT keys are <= key, branch-free."""
+cdef inline Py_ssize_t _rank(const key_t *block, key_t key) noexcept nogil:
+    """How many of LEAF keys from ``block`` on are <= key, branch-free."""
     cdef Py_ssize_t t, count = 0
-    for t in range(FANOUT):
+    for t in range(LEAF):
         count += block[t] <= key
     return count
 
 
-cdef inline PyObject *_search(const Index *index, uint64_t key) noexcept nogil:
-    cdef Py_ssize_t level, j = 0
-    cdef const Leaf *leaf
-    for level in range(index.nlevels - 1, -1, -1):
-        j = j * FANOUT + _rank(index.upper[level] + j * FANOUT, key) - 1
-    leaf = index.leaves + j
-    return leaf.rates[_rank(leaf.keys, key) - 1]
+cdef inline Py_ssize_t _leaf_of(const Index *index, key_t key, Py_ssize_t j) noexcept nogil:
+    """The leaf holding the last boundary <= key, from ``j`` = table[key >> shift] (a leaf at or before
+    it, usually it or the next): count the later leaves that start at or below key, LEAF at a time."""
+    cdef Py_ssize_t step
+    cdef const key_t *firsts = <const key_t *>index.firsts
+    while True:
+        step = _rank(firsts + j + 1, key)  # firsts ascend, and end with LEAF padding keys
+        j += step
+        if step < LEAF:
+            return j
 
 
-cdef inline Py_ssize_t _key(PyObject *number, uint64_t *key) noexcept:
-    """Put the lookup key of ``number`` in ``key`` and return 0; -2 when ``number`` is not
-    ``[+]digits`` (at least one); -3 when the str could not be readied (an exception is set)."""
+cdef inline uint32_t _search(const Index *index, key_t key) noexcept nogil:
+    """The ref of the last boundary <= key."""
+    cdef Py_ssize_t j = _leaf_of(index, key, index.table[(<uint64_t>key) >> index.shift])
+    cdef const key_t *leaf = <const key_t *>(index.leaves + j * 2 * LEAF * sizeof(key_t))
+    return (<const uint32_t *>(leaf + LEAF))[_rank(leaf, key) - 1]
+
+
+cdef void _search_many(const Index *index, const Refs *refs, uint64_t *work, Py_ssize_t n, key_t width) noexcept nogil:
+    """Replace each key of ``work`` by the address of its Rate (0: none; NOKEY in: 0 out)."""
+    cdef Py_ssize_t base, count, j, group
+    cdef key_t lane_key[LANES]
+    cdef Py_ssize_t lane_leaf[LANES]
+    cdef const key_t *leaf
+    cdef const char *leaves = index.leaves
+    cdef const key_t *firsts = <const key_t *>index.firsts
+    for group in range((n + LANES - 1) // LANES):
+        base = group * LANES
+        count = LANES if n - base > LANES else n - base
+        for j in range(count):  # round 1: the table, prefetching the first keys to scan
+            lane_key[j] = <key_t>work[base + j] if work[base + j] != NOKEY else 0  # searched, then dropped
+            lane_leaf[j] = index.table[(<uint64_t>lane_key[j]) >> index.shift]  # 64-bit: the shift may be 32
+            prefetch(firsts + lane_leaf[j] + 1)
+        for j in range(count):  # round 2: the leaf, prefetched
+            lane_leaf[j] = _leaf_of(index, lane_key[j], lane_leaf[j])
+            prefetch(leaves + lane_leaf[j] * 2 * LEAF * sizeof(key_t))
+        for j in range(count):  # round 3: the boundary and its Rate
+            if work[base + j] == NOKEY:
+                work[base + j] = 0
+            else:
+                leaf = <const key_t *>(leaves + lane_leaf[j] * 2 * LEAF * sizeof(key_t))
+                work[base + j] = <uint64_t><size_t>_decode(
+                    refs, (<const uint32_t *>(leaf + LEAF))[_rank(leaf, lane_key[j]) - 1])
+
+
+cdef inline Py_ssize_t _key(PyObject *number, Py_ssize_t digits, const uint64_t *weights, uint64_t *key) noexcept:
+    """Put the lookup key of ``number`` (its first ``digits`` digits; ``weights[i]`` = 11**(digits-1-i))
+    in ``key`` and return 0; -2 when ``number`` is not ``[+]digits`` (at least one); -3 when the str
+    could not be readied (an exception is set)."""
     cdef Py_ssize_t i, n, used
     cdef unsigned char *p
     cdef unsigned int d
@@ -466,12 +544,12 @@ cdef inline Py_ssize_t _key(PyObject *number, uint64_t *key) noexcept:
         n -= 1
     if n == 0:
         return -2
-    used = n if n < KEY_DIGITS else KEY_DIGITS
+    used = n if n < digits else digits
     for i in range(used):
         d = p[i] - 48
         if d > 9:
             return -2
-        k += (d + 1) * POW11[KEY_DIGITS - 1 - i]  # independent products: no multiply chain
+        k += (d + 1) * weights[i]  # independent products: no multiply chain
     for i in range(used, n):  # digits past the key cannot change the answer, but must be digits
         if <unsigned int>(p[i] - 48) > 9:
             return -2
@@ -479,7 +557,7 @@ cdef inline Py_ssize_t _key(PyObject *number, uint64_t *key) noexcept:
     return 0
 
 
-cdef int _interval(object prefix, Py_ssize_t row, Interval *out) except -1:
+cdef int _interval(object prefix, Py_ssize_t row, Py_ssize_t digits, Interval *out) except -1:
     cdef PyObject *o = <PyObject *>prefix
     cdef Py_ssize_t i, n
     cdef unsigned char *p
@@ -487,7 +565,7 @@ cdef int _interval(object prefix, Py_ssize_t row, Interval *out) except -1:
     cdef uint64_t k = 0
     if (
         not raw_is_str(o) or raw_ready(o) != 0 or raw_kind(o) != LATIN1_KIND
-        or raw_length(o) == 0 or raw_length(o) > MAX_PREFIX_DIGITS
+        or raw_length(o) == 0 or raw_length(o) > digits
     ):
         raise RatingError(f"prefix must be 1 to {MAX_PREFIX_DIGITS} digits, got {prefix!r}")
     n = raw_length(o)
@@ -497,10 +575,17 @@ cdef int _interval(object prefix, Py_ssize_t row, Interval *out) except -1:
         if d > 9:
             raise RatingError(f"prefix must be 1 to {MAX_PREFIX_DIGITS} digits, got {prefix!r}")
         k = k * 11 + d + 1
-    out.low = k * POW11[KEY_DIGITS - n]
-    out.high = out.low + POW11[KEY_DIGITS - n] - 1
+    out.low = k * POW11[digits - n]
+    out.high = out.low + POW11[digits - n] - 1
     out.row = row
     return 0
+
+
+cdef Py_ssize_t _prefix_digits(object prefix) except -1:
+    """Length of a row's prefix (checked as digits by ``_interval``), refusing one past MAX_PREFIX_DIGITS."""
+    if not PyUnicode_Check(prefix) or not 0 < len(prefix) <= MAX_PREFIX_DIGITS:
+        raise RatingError(f"prefix must be 1 to {MAX_PREFIX_DIGITS} digits, got {prefix!r}")
+    return len(prefix)
 
 
 cdef int _by_low_then_row(const void *a, const void *b) noexcept nogil:
@@ -515,24 +600,23 @@ cdef extern from "stdlib.h" nogil:
     void qsort(void *base, size_t count, size_t size, int (*compare)(const void *, const void *) noexcept nogil)
 
 
-cdef inline void _emit(uint64_t *keys, PyObject **rates, Py_ssize_t *count, uint64_t key, PyObject *rate) noexcept nogil:
+cdef inline void _emit(uint64_t *keys, Py_ssize_t *rows, Py_ssize_t *count, uint64_t key, Py_ssize_t row) noexcept nogil:
     if count[0] and keys[count[0] - 1] == key:
-        rates[count[0] - 1] = rate
-    elif not (count[0] and rates[count[0] - 1] == rate):
+        rows[count[0] - 1] = row
+    elif not (count[0] and rows[count[0] - 1] == row):
         keys[count[0]] = key
-        rates[count[0]] = rate
+        rows[count[0]] = row
         count[0] += 1
 
 
 cdef Py_ssize_t _flatten(
-    const Interval *intervals, Py_ssize_t n, const int64_t *dates, int64_t until, PyObject **refs,
-    uint64_t *keys, PyObject **rates
+    const Interval *intervals, Py_ssize_t n, const int64_t *dates, int64_t until, uint64_t *keys, Py_ssize_t *rows
 ) noexcept nogil:
-    """Boundaries of the snapshot at ``until``: of each run of intervals with the same prefix (sorted by
-    row, so by effective date), the last one dated <= until. Returns how many were written."""
+    """Boundaries of the snapshot at ``until`` (row -1: none): of each run of intervals with the same
+    prefix (sorted by row, so by effective date), the last one dated <= until. Returns how many."""
     cdef Interval stack[NESTING]
     cdef Py_ssize_t depth = 0, count = 0, i = 0, pick
-    _emit(keys, rates, &count, 0, NULL)
+    _emit(keys, rows, &count, 0, -1)
     while i < n:
         pick = -1
         while True:
@@ -547,19 +631,20 @@ cdef Py_ssize_t _flatten(
             continue
         while depth and stack[depth - 1].high < intervals[pick].low:
             depth -= 1
-            _emit(keys, rates, &count, stack[depth].high + 1, refs[stack[depth - 1].row] if depth else NULL)
-        _emit(keys, rates, &count, intervals[pick].low, refs[intervals[pick].row])
+            _emit(keys, rows, &count, stack[depth].high + 1, stack[depth - 1].row if depth else -1)
+        _emit(keys, rows, &count, intervals[pick].low, intervals[pick].row)
         stack[depth] = intervals[pick]
         depth += 1
     while depth:
         depth -= 1
-        _emit(keys, rates, &count, stack[depth].high + 1, refs[stack[depth - 1].row] if depth else NULL)
+        _emit(keys, rows, &count, stack[depth].high + 1, stack[depth - 1].row if depth else -1)
     return count
 
 
 cdef class DeckBase:
     """Rows of every version, one search index per snapshot, and the version in force cached with the
-    epoch range over which it stays in force (so ``lookup(number)`` reads the clock and compares)."""
+    epoch range over which it stays in force (so ``lookup(number)`` reads the clock and compares, or,
+    when the deck's one version is dated "always", does not read it)."""
 
     cdef tuple _rows                # every Rate, sorted by (effective_from, prefix); owns the references
     cdef Py_ssize_t _nversions
@@ -569,6 +654,11 @@ cdef class DeckBase:
     cdef int64_t _cache_from        # the cached version is in force for _cache_from <= t < _cache_until
     cdef int64_t _cache_until
     cdef Py_ssize_t _cache_index
+    cdef bint _timeless             # no version dated after 0: the time never changes the answer
+    cdef bint _wide                 # 64-bit keys (the longest prefix has more than NARROW_DIGITS digits)
+    cdef Py_ssize_t _digits         # digits in a key: the length of the deck's longest prefix
+    cdef uint64_t _weights[KEY_DIGITS]   # _weights[i] = 11 ** (_digits - 1 - i)
+    cdef Refs _refs
 
     def __cinit__(self, *args, **kwargs):
         self._rows = ()
@@ -579,6 +669,12 @@ cdef class DeckBase:
         self._cache_from = INT64_MAX  # empty range: the first selection computes and caches
         self._cache_until = INT64_MIN
         self._cache_index = -1
+        self._timeless = True
+        self._wide = False
+        self._digits = 1
+        self._weights[0] = 1
+        self._refs.base = NULL
+        self._refs.table = NULL
 
     def __dealloc__(self):
         self._free()
@@ -599,34 +695,50 @@ cdef class DeckBase:
     def _install(self, rows):
         """Take ``rows``, sorted by (effective_from, prefix) and unique on that pair; build every snapshot.
 
-        The deck keeps them as a tuple: the index points into it, so nothing may take a row away."""
+        The deck keeps them as a tuple: the index refers into it, so nothing may take a row away."""
         rows = tuple(rows)
-        cdef Py_ssize_t n = len(rows), i, v, nversions = 0, count, size
+        cdef Py_ssize_t n = len(rows), i, v, nversions = 0, count, size, digits = 1
         cdef int64_t last = 0
+        cdef size_t address, lowest = <size_t>-1, highest = 0
+        cdef bint wide
+        cdef Refs refs
         if n >= 0x7FFFFFFF:
             raise RatingError("rate deck too large")
         cdef Py_ssize_t room = n if n else 1
-        cdef PyObject **refs = <PyObject **>malloc(room * sizeof(PyObject *))
+        cdef PyObject **items = PySequence_Fast_ITEMS(rows)
         cdef int64_t *row_dates = <int64_t *>malloc(room * sizeof(int64_t))
         cdef Interval *intervals = <Interval *>malloc(room * sizeof(Interval))
         cdef uint64_t *keys = <uint64_t *>malloc((2 * room + 2) * sizeof(uint64_t))
-        cdef PyObject **rates = <PyObject **>malloc((2 * room + 2) * sizeof(PyObject *))
+        cdef Py_ssize_t *key_rows = <Py_ssize_t *>malloc((2 * room + 2) * sizeof(Py_ssize_t))
+        cdef uint32_t *key_refs = <uint32_t *>malloc((2 * room + 2) * sizeof(uint32_t))
         cdef int64_t *dates = <int64_t *>malloc(room * sizeof(int64_t))
         cdef Py_ssize_t *sizes = <Py_ssize_t *>malloc(room * sizeof(Py_ssize_t))
         cdef Index *indexes = <Index *>calloc(room, sizeof(Index))
         try:
-            if (refs == NULL or row_dates == NULL or intervals == NULL or keys == NULL or rates == NULL
+            if (row_dates == NULL or intervals == NULL or keys == NULL or key_rows == NULL or key_refs == NULL
                     or dates == NULL or sizes == NULL or indexes == NULL):
                 raise MemoryError()
             for i in range(n):
                 row = rows[i]
-                refs[i] = <PyObject *>row
                 row_dates[i] = row.effective_from
-                _interval(row.prefix, i, &intervals[i])
+                digits = max(digits, _prefix_digits(row.prefix))
+                address = <size_t>items[i]
+                lowest = min(lowest, address)
+                highest = max(highest, address)
                 if i == 0 or row_dates[i] != last:
                     dates[nversions] = row_dates[i]
                     nversions += 1
                     last = row_dates[i]
+            wide = digits > NARROW_DIGITS
+            # Refs are 16-byte offsets from the lowest Rate when they can be, else positions in ``rows``.
+            refs.base = <char *>lowest
+            refs.table = NULL
+            if n and (highest - lowest) >> 4 >= NOREF:
+                refs.table = items
+            for i in range(n):
+                _interval(rows[i].prefix, i, digits, &intervals[i])
+                if (<size_t>items[i] - lowest) & 15:
+                    refs.table = items
             qsort(intervals, n, sizeof(Interval), _by_low_then_row)
             for v in range(nversions):
                 size = 0
@@ -637,8 +749,18 @@ cdef class DeckBase:
                     ):
                         size += 1
                 sizes[v] = size
-                count = _flatten(intervals, n, row_dates, dates[v], refs, keys, rates)
-                _index_build(&indexes[v], keys, rates, count)
+                count = _flatten(intervals, n, row_dates, dates[v], keys, key_rows)
+                for i in range(count):
+                    if key_rows[i] < 0:
+                        key_refs[i] = NOREF
+                    elif refs.table != NULL:
+                        key_refs[i] = <uint32_t>key_rows[i]
+                    else:
+                        key_refs[i] = <uint32_t>((<size_t>items[key_rows[i]] - lowest) >> 4)
+                if wide:
+                    _index_build(&indexes[v], <uint64_t>0, keys, key_refs, count, POW11[digits])
+                else:
+                    _index_build(&indexes[v], <uint32_t>0, keys, key_refs, count, POW11[digits])
         except BaseException:
             if indexes != NULL:
                 for v in range(nversions):
@@ -646,7 +768,7 @@ cdef class DeckBase:
             free(indexes); free(dates); free(sizes)
             raise
         finally:
-            free(refs); free(row_dates); free(intervals); free(keys); free(rates)
+            free(row_dates); free(intervals); free(keys); free(key_rows); free(key_refs)
         self._free()
         self._rows = rows
         self._epochs = dates
@@ -656,6 +778,12 @@ cdef class DeckBase:
         self._cache_from = INT64_MAX
         self._cache_until = INT64_MIN
         self._cache_index = -1
+        self._timeless = nversions == 0 or (nversions == 1 and dates[0] == 0)
+        self._wide = wide if n else False
+        self._digits = digits
+        for i in range(digits):
+            self._weights[i] = POW11[digits - 1 - i]
+        self._refs = refs
 
     def _all_rows(self):
         return self._rows
@@ -685,14 +813,16 @@ cdef class DeckBase:
         return low - 1
 
     cdef inline Py_ssize_t _resolve(self, object at) except -2:
-        """Index of the version in force at ``at`` (None: now, from the real-time clock); -1: none."""
-        cdef timespec now
+        """Index of the version in force at ``at`` (None: now); -1: none."""
         cdef int overflow = 0
         cdef int64_t t
         cdef double f
         if at is None:
-            clock_gettime(CREDITGATE_CLOCK, &now)
-            t = now.tv_sec  # tv_nsec >= 0, so tv_sec is the floor
+            if self._timeless:  # no version, or one dated 0 ("always"): in force whatever the time
+                return self._nversions - 1
+            # Versions are whole seconds: time() is the floor of the real-time clock, read from the
+            # kernel's cached second (vDSO) for a few ns; it may lag by one tick at a second's turn.
+            t = time(NULL)
         elif PyLong_Check(at):
             t = PyLong_AsLongLongAndOverflow(at, &overflow)
             if overflow:
@@ -725,9 +855,12 @@ cdef class DeckBase:
             raise _limits.not_a_number(number)
         if index < 0:
             return None
-        status = _key(<PyObject *>number, &key)
+        status = _key(<PyObject *>number, self._digits, self._weights, &key)
         if status == 0:
-            found = _search(&self._indexes[index], key)
+            if self._wide:
+                found = _decode(&self._refs, _search(&self._indexes[index], <uint64_t>key))
+            else:
+                found = _decode(&self._refs, _search(&self._indexes[index], <uint32_t>key))
             if found != NULL:
                 return <object>found
         elif status == -3:
@@ -736,15 +869,13 @@ cdef class DeckBase:
 
     def lookup_many(self, numbers, at=None):
         """``[lookup(n, at) for n in numbers]`` with the version chosen once and the list built in C."""
-        cdef Py_ssize_t index, base, n, j, t, count, level, status
+        cdef Py_ssize_t index, n, i, status
         cdef PyObject **items
         cdef PyObject *found
         cdef PyObject *none = <PyObject *>None
         cdef const Index *search = NULL
-        cdef const Leaf *leaf
-        cdef uint64_t lane_key[LANES]
-        cdef Py_ssize_t lane_block[LANES]
-        cdef bint lane_valid[LANES]
+        cdef uint64_t stack_work[STACK_NUMBERS]
+        cdef uint64_t *work = stack_work
         if PyUnicode_Check(numbers):
             raise RatingError("lookup_many takes a list of numbers, not one str")
         if not (PyList_Check(numbers) or PyTuple_Check(numbers)):
@@ -753,43 +884,47 @@ cdef class DeckBase:
         if index >= 0:
             search = &self._indexes[index]
         n = len(numbers)
-        result = PyList_New(n)
         items = PySequence_Fast_ITEMS(numbers)
-        # Nothing below calls back into Python (but to raise), so ``numbers`` cannot change under it.
-        for base in range(0, n, LANES):
-            count = LANES if n - base > LANES else n - base
-            for j in range(count):  # let the next group's str objects arrive meanwhile
-                if base + LANES + j < n:
-                    prefetch(items[base + LANES + j])
-            for j in range(count):
-                if not raw_is_str(items[base + j]):
-                    raise _limits.not_a_number(<object>items[base + j])
-                lane_valid[j] = False
-                lane_block[j] = 0
+        if n > STACK_NUMBERS:
+            work = <uint64_t *>malloc(n * sizeof(uint64_t))
+            if work == NULL:
+                raise MemoryError()
+        try:
+            # Pass 1, the keys. Nothing from here on calls back into Python (but to raise), so ``numbers``
+            # and the deck cannot change under it.
+            for i in range(n):
+                if i + LANES < n:
+                    prefetch(items[i + LANES])
+                if not raw_is_str(items[i]):
+                    raise _limits.not_a_number(<object>items[i])
+                work[i] = NOKEY
                 if search != NULL:
-                    status = _key(items[base + j], &lane_key[j])
+                    status = _key(items[i], self._digits, self._weights, &work[i])
                     if status == -3:
                         raise MemoryError()
-                    lane_valid[j] = status == 0
-            if search != NULL:
-                for level in range(search.nlevels - 1, -1, -1):  # one level for every lane per round
-                    for j in range(count):
-                        t = lane_block[j] * FANOUT + _rank(search.upper[level] + lane_block[j] * FANOUT, lane_key[j]) - 1
-                        lane_block[j] = t
-                        if level:
-                            prefetch(search.upper[level - 1] + t * FANOUT)
-                        else:
-                            prefetch(&search.leaves[t].keys[0])
-                            prefetch(&search.leaves[t].rates[0])
-            for j in range(count):
-                found = none
-                if lane_valid[j]:
-                    leaf = search.leaves + lane_block[j]
-                    found = leaf.rates[_rank(leaf.keys, lane_key[j]) - 1]
-                    if found == NULL:
-                        found = none
+                    if status != 0:
+                        work[i] = NOKEY
+            # Pass 2, the search: C only.
+            if search == NULL:
+                for i in range(n):
+                    work[i] = 0
+            elif self._wide:
+                _search_many(search, &self._refs, work, n, <uint64_t>0)
+            else:
+                _search_many(search, &self._refs, work, n, <uint32_t>0)
+            # Pass 3, the list.
+            result = PyList_New(n)
+            for i in range(n):
+                if i + AHEAD < n and work[i + AHEAD]:
+                    prefetch_write(<void *><size_t>work[i + AHEAD])
+                found = <PyObject *><size_t>work[i]
+                if found == NULL:
+                    found = none
                 raw_incref(found)
-                raw_list_set(result, base + j, found)
+                raw_list_set(result, i, found)
+        finally:
+            if work != stack_work:
+                free(work)
         return result
 
     def charge(self, rate, seconds):

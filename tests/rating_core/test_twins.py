@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rating_helpers import csv_text
@@ -106,6 +108,87 @@ def test_lookups_are_equal(twins: tuple[ModuleType, ModuleType], data: st.DataOb
         assert outcome(c_deck.lookup_many, [*numbers, 44], at=at) == outcome(py_deck.lookup_many, [*numbers, 44], at=at)
     assert outcome(c_deck.rates, at) == outcome(py_deck.rates, at)
     assert len(c_deck) == len(py_deck)
+
+
+def _large_deck(rnd: random.Random, longest: int, dense: bool, versions: int) -> list[Rate]:
+    """Thousands of prefixes up to ``longest`` digits; ``dense``: most under one root, so that one bucket
+    of the compiled index's table spans many leaves. Each prefix is in one or more of ``versions``."""
+    roots = ["1", "7", "44", "33", "49", "351", "880", "998"]
+    prefixes: set[str] = set(roots)
+    target = rnd.choice((1_500, 4_000))
+    for _ in range(4 * target):  # decks with short prefixes have room for fewer
+        if len(prefixes) >= target:
+            break
+        root = "1" if dense and rnd.random() < 0.8 else rnd.choice(roots)
+        size = rnd.randint(len(root), longest)
+        prefixes.add((root + "".join(rnd.choices("0123456789", k=longest)))[:size])
+    rows = []
+    for n, prefix in enumerate(sorted(prefixes)):
+        dates = rnd.sample(EPOCHS[:versions], rnd.randint(1, versions))
+        for date in dates:
+            rows.append(Rate(prefix=prefix, destination=f"D{n}", rate_per_min=n, currency="EUR",
+                             initial_increment_s=1, subsequent_increment_s=1, connection_fee=0, effective_from=date))
+    return rows
+
+
+def _numbers_near(rnd: random.Random, rows: list[Rate], count: int) -> list[str]:
+    """Numbers under, at, just past and around the deck's prefixes, and ones that are not numbers."""
+    prefixes = [row.prefix for row in rows]
+    numbers = []
+    for _ in range(count):
+        prefix = rnd.choice(prefixes)
+        kind = rnd.randrange(8)
+        if kind == 0:
+            numbers.append("+" + prefix[:-1])
+        elif kind == 1:
+            numbers.append("+" + prefix + "9" * rnd.randint(0, 20))
+        elif kind == 2:
+            numbers.append(prefix + "".join(rnd.choices("0123456789", k=rnd.randint(0, 40))))
+        elif kind == 3:  # a non-digit somewhere, also past the digits a key holds
+            digits = prefix + "".join(rnd.choices("0123456789", k=rnd.randint(0, 25)))
+            at = rnd.randint(0, len(digits))
+            numbers.append("+" + digits[:at] + rnd.choice("x +-#\u0664\uff11\u00e9") + digits[at:])
+        elif kind == 4:
+            numbers.append(rnd.choice(["", "+", "++1", "+" * 3, "0", "9" * 60, "+" + "0" * 30]))
+        else:
+            numbers.append("+" + prefix + "".join(rnd.choices("0123456789", k=rnd.randint(0, 12))))
+    return numbers
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    longest=st.sampled_from([4, 9, 10, 18]),
+    dense=st.booleans(),
+    versions=st.integers(1, 3),
+)
+def test_large_decks_are_equal(twins: tuple[ModuleType, ModuleType], seed: int, longest: int, dense: bool, versions: int) -> None:
+    """Decks large enough that the compiled index has many leaves and table buckets (32-bit keys up to 9
+    digits, 64-bit above), looked up one at a time and in batches longer than lookup_many's stack buffer."""
+    pure, compiled = twins
+    rnd = random.Random(seed)
+    rows = _large_deck(rnd, longest, dense, versions)
+    py_deck, c_deck = pure.RateDeck(rows), compiled.RateDeck(rows)
+    numbers = _numbers_near(rnd, rows, 3_000)
+    assert c_deck.versions() == py_deck.versions()
+    for at in [None, *EPOCHS[:versions], EPOCHS[versions - 1] - 1, -1]:
+        assert c_deck.lookup_many(numbers, at=at) == py_deck.lookup_many(numbers, at=at)
+        assert [c_deck.lookup(n, at=at) for n in numbers[:500]] == [py_deck.lookup(n, at=at) for n in numbers[:500]]
+    assert len(c_deck) == len(py_deck)
+
+
+@pytest.mark.parametrize("longest", [9, 10])
+def test_keys_at_the_top_of_their_width_are_equal(twins: tuple[ModuleType, ModuleType], longest: int) -> None:
+    """Prefixes of nines at the longest length (the last key of the key space) and of zeros (the first)."""
+    pure, compiled = twins
+    prefixes = ["9" * longest, "9" * (longest - 1), "9", "0" * longest, "0", "5" + "9" * (longest - 1)]
+    rows = [Rate(prefix=p, destination=p, rate_per_min=1, currency="EUR", initial_increment_s=1,
+                 subsequent_increment_s=1, connection_fee=0) for p in prefixes]
+    numbers = [n + tail for p in prefixes for n in (p, p[:-1], "+" + p) for tail in ("", "0", "9", "9" * 30)]
+    numbers += ["9" * 100, "0" * 100, "", "+", "8" + "9" * 20]
+    py_deck, c_deck = pure.RateDeck(rows), compiled.RateDeck(rows)
+    assert c_deck.lookup_many(numbers) == py_deck.lookup_many(numbers)
+    assert [c_deck.lookup(n) for n in numbers] == [py_deck.lookup(n) for n in numbers]
 
 
 @settings(max_examples=300, deadline=None)
