@@ -35,7 +35,7 @@ def _toml_value(value: Any) -> str:
 
 class GatewayProcess:
     def __init__(self, directory: Path, redis_url: str, *, settings: dict[str, dict[str, Any]] | None = None,
-                 sip_port: int | None = None) -> None:
+                 sip_port: int | None = None, log_level: str = "INFO") -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.redis_url = redis_url
@@ -50,7 +50,7 @@ class GatewayProcess:
         }
         for name, values in (settings or {}).items():
             sections.setdefault(name, {}).update(values)
-        lines = [f"data_dir = {_toml_value(self.directory / 'data')}"]
+        lines = [f"data_dir = {_toml_value(self.directory / 'data')}", f"log_level = {_toml_value(log_level)}"]
         for name, values in sections.items():
             lines.append(f"[{name}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]

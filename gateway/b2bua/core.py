@@ -443,7 +443,7 @@ class B2BUA:
         call.b = b
         self._index(call, b, "")
         call.state = CallState.ROUTING
-        self._log(call, logging.INFO, "routing %s to %s:%s over %s", b_uri, dest[0], dest[1], transport)
+        self._log(call, logging.DEBUG, "routing %s to %s:%s over %s", b_uri, dest[0], dest[1], transport)
         b.invite_txn = self.stack.send_request(invite, dest, transport, context=("b_invite", call))
         self.stack.loop.call_later(RING_TIMEOUT_S, self._ring_timeout, call)
 
@@ -512,7 +512,7 @@ class B2BUA:
             ra = response.headers.get("Retry-After")
             if ra:
                 headers.append(("Retry-After", ra))
-        self._log(call, logging.INFO, "far end answered %d: caller gets %d", status, mapped)
+        self._log(call, logging.DEBUG, "far end answered %d: caller gets %d", status, mapped)
         self._respond_a(call, mapped, text, headers=headers)
         end = {486: "busy", 600: "busy", 480: "unavailable", 603: "declined", 408: "no_answer"}.get(status, "failed")
         call.sip_status = call.sip_status or status
@@ -545,7 +545,7 @@ class B2BUA:
         headers.append(("Contact", self.stack.contact(a.transport)))
         if response.body:
             headers.append(("Content-Type", response.headers.get("Content-Type") or "application/sdp"))
-        self._log(call, logging.INFO, "answered: paid through %d s", call.auth.granted_s)
+        self._log(call, logging.DEBUG, "answered: paid through %d s", call.auth.granted_s)
         self._respond_a(call, response.status, response.reason, headers=headers, body=response.body)
 
     def _cancel_b(self, call: Call) -> None:
@@ -575,7 +575,7 @@ class B2BUA:
         if method == "BYE":
             self._answer(txn, request, 200, to_tag=leg.local_tag)
             if not call.ended:
-                self._log(call, logging.INFO, "%s leg hung up", leg.name.upper())
+                self._log(call, logging.DEBUG, "%s leg hung up", leg.name.upper())
                 other = call.other(leg)
                 if other is not None:
                     if call.answered:
@@ -684,7 +684,8 @@ class B2BUA:
             "sip_call_id": call.a.call_id,
             "sip_status": call.sip_status or (200 if answered else 0),
         }
-        self._log(call, logging.INFO, "ended (%s) after %d ms", end_reason, duration_ms)
+        self._log(call, logging.INFO, "ended (%s, SIP %s) after %d ms: call to %s paid by %s", end_reason,
+                  extra["sip_status"], duration_ms, call.auth.destination.number, call.auth.paid_by)
         self._spawn(self.engine.settle(call.auth, answered=answered, duration_ms=duration_ms,
                                        end_reason=end_reason, extra=extra))
 

@@ -117,13 +117,14 @@ async def _seed(svc: Any, pbx_port: int, carrier_port: int, bridge_port: int) ->
 
 
 @contextlib.contextmanager
-def make_world(directory: Path, redis_url: str, settings: dict[str, dict[str, Any]] | None = None) -> Iterator[World]:
+def make_world(directory: Path, redis_url: str, settings: dict[str, dict[str, Any]] | None = None, *,
+               log_level: str = "INFO") -> Iterator[World]:
     """A seeded world on ``redis_url`` with a running gateway, stopped (and checked to exit 0) after."""
     merged: dict[str, dict[str, Any]] = {"credit": {"debit_interval_s": 2, "sweep_interval_s": 1.0},
                                          "sip": {"drain_timeout_s": 2.0}}
     for section, values in (settings or {}).items():
         merged.setdefault(section, {}).update(values)
-    gw = GatewayProcess(directory / "gw", redis_url, settings=merged)
+    gw = GatewayProcess(directory / "gw", redis_url, settings=merged, log_level=log_level)
     w = World(gw=gw, pbx_port=free_port(), carrier_port=free_port(), bridge_port=free_port())
     w.services(lambda svc: _seed(svc, w.pbx_port, w.carrier_port, w.bridge_port))
     gw.start()

@@ -1,0 +1,123 @@
+"""SIPp load through the gateway, printed next to SIPp calling SIPp directly in the same run.
+
+* Call setups per second: a SIPp UAC (the PBX) places calls through a running ``creditgate run`` to a
+  SIPp UAS (the carrier); every call is authorized, reserved, answered, settled and gets its CDR.
+  Target rates are tried from low to high and the best rate finished with zero failed calls is the
+  figure; the same SIPp pair calling each other directly gives the ceiling of the machine.
+* Concurrent billed calls: calls held up at once, each renewing its credit chunk by chunk
+  (``debit_interval_s`` shorter than the call), counted from the ledger's live-call counter.
+
+The gateway logs one line per call at INFO, as in production. Every run is bounded
+(SIPp ``-timeout`` and our waits); every process is stopped. CREDITGATE_BENCH_SMOKE=1: a few hundred
+calls only, to prove it runs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.conftest import SMOKE
+from bench.sipp.direct import sipp_direct_cps
+from tests.e2e.conftest import ALICE, UNIT, World, make_world
+from tests.e2e.sipp import Sipp, SippScenario, stop_all
+
+RATES = [200] if SMOKE else [1000, 2000, 3000, 4000]
+SECONDS_PER_STEP = 2 if SMOKE else 6
+HOLD_CALLS = 100 if SMOKE else 6000
+HOLD_RATE = 100 if SMOKE else 1000
+HOLD_S = 6 if SMOKE else 30
+LONDON = "+442079460000"
+RESULTS: dict[str, float] = {}
+
+
+def _setups(world: World, tmp: Path, rate: int) -> tuple[float, int, int]:
+    calls = rate * SECONDS_PER_STEP
+    carrier = Sipp(SippScenario.UAS_ANSWER, local_port=world.carrier_port, calls=calls, timeout_s=60,
+                   trace_messages=False, workdir=tmp / f"uas{rate}")
+    pbx = Sipp(SippScenario.UAC_CALL, remote=world.sip, local_port=world.pbx_port, calls=calls, rate=rate,
+               concurrent=2000, duration_ms=0, timeout_s=60, trace_messages=False, workdir=tmp / f"uac{rate}",
+               injection=[(ALICE, LONDON)])
+    try:
+        carrier.start()
+        pbx.run(timeout=70)
+        stats = pbx.stats()
+    finally:
+        stop_all([pbx, carrier])
+    cps = stats.successful / stats.elapsed_s if stats.elapsed_s else 0.0
+    return cps, stats.successful, stats.failed
+
+
+@pytest.mark.e2e
+def test_call_setups_per_second_through_the_gateway(benchmark, tmp_path: Path, redis_url: str, capsys) -> None:
+    settings = {"credit": {"debit_interval_s": 60}, "sip": {"max_setups_per_s": 20_000}}
+    best = 0.0
+    lines = []
+    with make_world(tmp_path, redis_url, settings) as world:
+        world.fund("acme", 10**9 * UNIT // 1000)
+
+        def run() -> float:
+            nonlocal best
+            for rate in RATES:
+                cps, ok, failed = _setups(world, tmp_path, rate)
+                lines.append(f"  target {rate:>5}/s: {cps:8,.0f} calls/s, {ok:,} ok, {failed} failed")
+                if failed:
+                    break
+                best = max(best, cps)
+            return best
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+        cdrs = len(world.cdrs())
+        assert world.reconciles()
+    direct = sipp_direct_cps(RATES[-1] * SECONDS_PER_STEP // 2, RATES[-1], 2000, "udp", workdir=tmp_path / "direct")
+    RESULTS["setups"] = best
+    with capsys.disabled():
+        print("\ngateway call setups (INVITE..BYE through creditgate, each reserved, settled, with a CDR):")
+        print("\n".join(lines))
+        print(f"gateway: {best:,.0f} call setups/s at 0 failed calls; {cdrs:,} CDRs written")
+        print(f"{direct}")
+        if direct.cps:
+            print(f"gateway / direct: {best / direct.cps:.2f}")
+    assert best > 0 and cdrs > 0
+
+
+@pytest.mark.e2e
+def test_concurrent_billed_calls_held(benchmark, tmp_path: Path, redis_url: str, capsys) -> None:
+    # Chunks of 10 s on calls of HOLD_S: every call renews its reservation a few times while held.
+    settings = {"credit": {"debit_interval_s": 10}, "sip": {"max_setups_per_s": 20_000}}
+    with make_world(tmp_path, redis_url, settings) as world:
+        world.fund("acme", 10**9 * UNIT // 1000)
+        carrier = Sipp(SippScenario.UAS_ANSWER, local_port=world.carrier_port, calls=HOLD_CALLS,
+                       timeout_s=HOLD_S + 90, trace_messages=False, workdir=tmp_path / "uas")
+        pbx = Sipp(SippScenario.UAC_CALL, remote=world.sip, local_port=world.pbx_port, calls=HOLD_CALLS,
+                   rate=HOLD_RATE, concurrent=HOLD_CALLS, duration_ms=HOLD_S * 1000, timeout_s=HOLD_S + 90,
+                   trace_messages=False, workdir=tmp_path / "uac", injection=[(ALICE, LONDON)])
+
+        def run() -> int:
+            peak = 0
+            try:
+                carrier.start()
+                pbx.start()
+                deadline = time.monotonic() + HOLD_S + 80
+                while pbx.is_running() and time.monotonic() < deadline:
+                    peak = max(peak, world.balance().live)
+                    time.sleep(0.5)
+                pbx.wait(max(deadline - time.monotonic(), 1))
+            finally:
+                stop_all([pbx, carrier])
+            return peak
+
+        peak = benchmark.pedantic(run, rounds=1, iterations=1)
+        stats = pbx.stats()
+        cdrs = world.wait_settled(stats.successful, timeout=60)
+        extends = sum(1 for _, e in world.services(lambda svc: svc.ledger.audit_entries("acme"))
+                      if e.get("note") == "chunk")
+        assert world.reconciles()
+    RESULTS["held"] = peak
+    with capsys.disabled():
+        print(f"\nconcurrent billed calls: {peak:,} held at once (target {HOLD_CALLS:,}, {HOLD_S} s each, "
+              f"10 s chunks); {stats.successful:,} ok, {stats.failed} failed; {len(cdrs):,} CDRs; "
+              f"{extends:,} chunk commits while held")
+    assert stats.failed == 0 and peak > 0
