@@ -42,6 +42,7 @@ from gateway.b2bua.routing import (
     target_address,
     tollfree_for,
 )
+from gateway.b2bua.registrar import Registrar, RegistrationError, aor_user, binding_target, contact_header
 from gateway.b2bua.stack import BRANCH_PREFIX, SipStack
 from gateway.config import SipConfig
 from gateway.credit.engine import CreditEngine
@@ -133,6 +134,7 @@ class B2BUA:
         self.config = config
         self.redis = redis
         self.challenger = Challenger(digest_secret or secrets.token_bytes(32), DIGEST_REALM)
+        self.registrar = Registrar(redis)
         self.calls: dict[str, Call] = {}
         self._legs: dict[tuple[str, str], tuple[Call, Leg]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -176,6 +178,8 @@ class B2BUA:
         if request.to_tag is None:
             if method == "INVITE":
                 self._new_invite(txn, request)
+            elif method == "REGISTER":
+                self._spawn(self._register(txn, request))
             elif method == "OPTIONS":
                 self._answer(txn, request, 200, headers=[("Allow", ALLOW), ("Accept", "application/sdp"),
                                                           ("Supported", SUPPORTED)])
@@ -322,17 +326,14 @@ class B2BUA:
             if not call.ended:
                 self._refuse(call, 500, "call setup failed")
 
-    async def _authenticate(self, call: Call, request: Request, trunk: Trunk) -> bool:
-        """Digest for a trunk with credentials (407 challenge); True when the request may go on."""
+    async def _digest(self, request: Request, trunk: Trunk, header: str) -> tuple[bool, bool]:
+        """Check the trunk's digest credentials in ``header``: (accepted, stale). Unknown user and
+        wrong password look the same from outside; each (nonce, nc, cnonce) is accepted once, across
+        every gateway process (the replay key is set in Redis with NX)."""
         now = time.time()
-        values = request.headers.get_all("Proxy-Authorization")
         verdict = None
-        for value in values:
-            try:
-                creds = parse_credentials(value)
-            except DigestError:
-                self._refuse(call, 400, "malformed credentials")
-                return False
+        for value in request.headers.get_all(header):
+            creds = parse_credentials(value)  # DigestError (400) on a malformed header
             if creds.realm != DIGEST_REALM:
                 continue
 
@@ -343,24 +344,66 @@ class B2BUA:
 
             verdict = self.challenger.verify(creds, method=request.method, now=now, ha1=ha1)
             break
-        if verdict is not None and verdict.ok:
-            if verdict.replay_key and self.redis is not None:
-                fresh = await self.redis.set(GLOBAL.digest_replay(verdict.replay_key), 1, nx=True,
-                                             ex=self.challenger.replay_ttl_s)
-                if not fresh:
-                    self._log(call, logging.WARNING, "replayed digest response from %s:%s", *call.a.peer)
-                    verdict = None
-            if verdict is not None:
-                return True
-        stale = bool(verdict is not None and verdict.stale)
-        if verdict is not None:
-            self._log(call, logging.INFO, "digest refused: %s", verdict.reason)
-        challenges = [("Proxy-Authenticate", c) for c in self.challenger.challenge(now, stale=stale)]
+        if verdict is None:
+            return False, False
+        if not verdict.ok:
+            log.info("digest refused for %s from trunk %s: %s", request.method, trunk.id, verdict.reason)
+            self._count(f"digest_{verdict.reason}")
+            return False, verdict.stale
+        if verdict.replay_key and self.redis is not None:
+            fresh = await self.redis.set(GLOBAL.digest_replay(verdict.replay_key), 1, nx=True,
+                                         ex=self.challenger.replay_ttl_s)
+            if not fresh:
+                log.warning("replayed digest response from trunk %s", trunk.id)
+                self._count("digest_replay")
+                return False, False
+        return True, False
+
+    async def _authenticate(self, call: Call, request: Request, trunk: Trunk) -> bool:
+        """Digest for a trunk with credentials (407 challenge); True when the call may go on."""
+        try:
+            ok, stale = await self._digest(request, trunk, "Proxy-Authorization")
+        except DigestError:
+            self._refuse(call, 400, "malformed credentials")
+            return False
+        if ok:
+            return True
+        challenges = [("Proxy-Authenticate", c) for c in self.challenger.challenge(time.time(), stale=stale)]
         self._count("challenged")
         self._respond_a(call, 407, headers=challenges)
         call.sip_status = 407
         self._finish(call, end_reason="challenged")
         return False
+
+    async def _register(self, txn: ServerTransaction, request: Request) -> None:
+        """REGISTER from a trunk (by address, or with its digest credentials): bind its contacts."""
+        tag = secrets.token_hex(6)
+        try:
+            origin = await identify_source(self.directory, *txn.peer)
+            if origin is None or origin.trunk is None:
+                self._answer(txn, request, 403, to_tag=tag,
+                             headers=[("Warning", f'399 {self.stack.hostport} "unknown source"')])
+                return
+            trunk = origin.trunk
+            if trunk.username:
+                try:
+                    ok, stale = await self._digest(request, trunk, "Authorization")
+                except DigestError:
+                    self._answer(txn, request, 400, "Malformed credentials", to_tag=tag)
+                    return
+                if not ok:
+                    challenges = [("WWW-Authenticate", c) for c in self.challenger.challenge(time.time(), stale=stale)]
+                    self._answer(txn, request, 401, to_tag=tag, headers=challenges)
+                    return
+            bindings = await self.registrar.register(trunk.org, request, txn.peer, txn.transport)
+        except RegistrationError as exc:
+            self._answer(txn, request, exc.status, exc.reason, to_tag=tag, headers=exc.headers)
+            return
+        except (LedgerUnavailable, RedisError, OSError):
+            self._answer(txn, request, 503, to_tag=tag, headers=[("Retry-After", "5")])
+            return
+        log.info("registered %d contact(s) for %s of trunk %s", len(bindings), aor_user(request), trunk.id)
+        self._answer(txn, request, 200, to_tag=tag, headers=contact_header(bindings))
 
     async def _authorize_and_route(self, call: Call, request: Request) -> None:
         origin: Origin | None = await identify_source(self.directory, *call.a.peer)
@@ -370,6 +413,7 @@ class B2BUA:
         dialed = dialed_digits(request)
         caller = calling_number(request)
         conference_id = ""
+        transport: str | None = None
         if origin.kind == "trunk":
             trunk = origin.trunk
             assert trunk is not None
@@ -409,8 +453,11 @@ class B2BUA:
                 await self.engine.release(auth, end_reason="no_route")
                 self._refuse(call, 503, "toll-free target is not a SIP URI")
                 return
-            b_uri = target
-            dest = target_address(target)
+            b_uri, dest = target, target_address(target)
+            # A target whose user registered with us is reached at its registered contact.
+            binding = await self.registrar.lookup(org.id, target.user_unescaped) if target.user else None
+            if binding is not None:
+                b_uri, dest, transport = binding_target(binding)
             from_user = caller or "anonymous"
         call.auth = auth
         call.org_id = org.id
@@ -418,10 +465,12 @@ class B2BUA:
             # The caller cancelled while the engine was deciding: give the reservation back.
             await self.engine.release(auth, end_reason="cancelled")
             return
-        self._route(call, request, b_uri, dest, from_user)
+        self._route(call, request, b_uri, dest, from_user, transport)
 
-    def _route(self, call: Call, request: Request, b_uri: SipUri, dest: tuple[str, int], from_user: str) -> None:
-        transport = "tcp" if (b_uri.param("transport") or "").lower() == "tcp" else call.a.transport
+    def _route(self, call: Call, request: Request, b_uri: SipUri, dest: tuple[str, int], from_user: str,
+               transport: str | None) -> None:
+        if transport is None:
+            transport = "tcp" if (b_uri.param("transport") or "").lower() == "tcp" else call.a.transport
         b = Leg(name="b", call_id=call.id, local_tag=secrets.token_hex(6), peer=dest, transport=transport)
         h = Headers()
         h.add("Via", self.stack.via(transport))

@@ -31,15 +31,18 @@ from gateway.sip.transaction import (
     TransactionTimedOut,
     Transmit,
 )
-from gateway.sip.validate import MAGIC_COOKIE, check_request, check_response
+from gateway.sip.validate import DEFAULT_ALLOWED_METHODS, MAGIC_COOKIE, check_request, check_response
 from gateway.transport.tcp import TcpTransport
 from gateway.transport.udp import UdpTransport
 
-__all__ = ["SipStack", "TransactionUser", "BRANCH_PREFIX"]
+__all__ = ["SipStack", "TransactionUser", "BRANCH_PREFIX", "SERVED_METHODS"]
 
 log = logging.getLogger("creditgate.sip")
 
 Address = tuple[str, int]
+
+# What the gateway serves: the call methods, and REGISTER (it is the registrar of its trunks).
+SERVED_METHODS = DEFAULT_ALLOWED_METHODS | {"REGISTER"}
 
 # Our Via branches start with this, so a request that already carries one of ours has looped.
 BRANCH_PREFIX = MAGIC_COOKIE + "cg"
@@ -159,7 +162,7 @@ class SipStack:
         if isinstance(msg, Request):
             self._count(f"in_{msg.method}" if len(msg.method) < 12 else "in_other")
             try:
-                check_request(msg)
+                check_request(msg, allowed_methods=SERVED_METHODS)
                 if msg.method != "ACK" and self.layer.pending >= self.max_transactions:
                     raise SipError("Too many transactions in progress", status_hint=503)
             except SipError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import UNIT, World
 
+from gateway.b2bua.stack import SERVED_METHODS
 from gateway.sip import DropMessage, Request, SipError, StreamFramer, check_request, parse_message
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +40,7 @@ def _verdict(data: bytes) -> int | None | str:
     if not isinstance(msg, Request):
         return None  # a response for no transaction of ours
     try:
-        check_request(msg)
+        check_request(msg, allowed_methods=SERVED_METHODS)
     except SipError as exc:
         return exc.status_hint if exc.method != "ACK" else None
     return "process"
@@ -104,7 +105,7 @@ def _check_relayed(carrier: socket.socket) -> None:
     for data in _drain(carrier):
         msg = parse_message(data)  # whatever reached the carrier is well formed ...
         assert isinstance(msg, Request)
-        check_request(msg)  # ... and acceptable to a strict element
+        check_request(msg, allowed_methods=SERVED_METHODS)  # ... and acceptable to a strict element
         assert msg.headers.get("Via", "").startswith("SIP/2.0/")
 
 
@@ -161,7 +162,7 @@ def _stream_verdicts(data: bytes) -> list[int | None | str]:
                        not isinstance(item, DropMessage) else None)
         elif isinstance(item, Request):
             try:
-                check_request(item)
+                check_request(item, allowed_methods=SERVED_METHODS)
             except SipError as exc:
                 out.append(exc.status_hint if exc.method != "ACK" else None)
             else:
