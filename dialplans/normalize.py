@@ -169,7 +169,22 @@ class Destination:
 
 
 def normalize(dialed: str, plan: DialPlan) -> Destination:
-    """The destination ``dialed`` reaches under ``plan``; ``InvalidNumber`` or ``IncompleteNumber``."""
+    """The destination ``dialed`` reaches under ``plan``; ``InvalidNumber`` or ``IncompleteNumber``.
+
+    Answers are remembered (libphonenumber's parsing is the costliest step of a call setup, and the
+    same numbers are dialed again and again); refusals are not, they are worked out every time.
+    """
+    if type(dialed) is str and type(plan) is DialPlan and len(dialed) <= 64:
+        return _normalize_cached(dialed, plan)
+    return _normalize(dialed, plan)
+
+
+@lru_cache(maxsize=65536)
+def _normalize_cached(dialed: str, plan: DialPlan) -> Destination:
+    return _normalize(dialed, plan)
+
+
+def _normalize(dialed: str, plan: DialPlan) -> Destination:
     if not isinstance(plan, DialPlan):
         raise InvalidDialPlan(f"normalize needs a DialPlan, got {type(plan).__name__}")
     digits, plus = _clean(dialed)

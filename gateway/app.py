@@ -22,6 +22,7 @@ from typing import Any
 from gateway.b2bua.core import B2BUA
 from gateway.b2bua.stack import SipStack
 from gateway.config import Config
+from gateway.directory import DirectoryCache
 from gateway.ledger.client import LedgerUnavailable
 from gateway.ledger.embedded import ensure_redis
 from gateway.ledger.keys import GLOBAL
@@ -41,6 +42,7 @@ class _JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
+            "pid": record.process,
         }
         call_id = getattr(record, "call_id", None)
         if call_id:
@@ -74,7 +76,9 @@ async def start_sip(svc: Services, *, reuse_port: bool = False) -> B2BUA:
     stack = SipStack(max_message_bytes=cfg.max_message_bytes, tcp_idle_timeout_s=cfg.tcp_idle_timeout_s)
     host, port = cfg.address
     await stack.start(host, port, reuse_port=reuse_port)
-    b2bua = B2BUA(stack, directory=svc.directory, engine=svc.engine, config=cfg, redis=svc.client,
+    directory = DirectoryCache(svc.directory)
+    directory.watch()
+    b2bua = B2BUA(stack, directory=directory, engine=svc.engine, config=cfg, redis=svc.client,
                   digest_secret=await _digest_secret(svc))
     log.info("SIP listening on %s:%d (udp, tcp)", stack.host, stack.port)
     return b2bua
@@ -96,6 +100,8 @@ async def serve(svc: Services, stop: asyncio.Event, *, reuse_port: bool = False)
         await b2bua.drain(svc.config.sip.drain_timeout_s)
     finally:
         b2bua.stack.close()
+        if isinstance(b2bua.directory, DirectoryCache):
+            await b2bua.directory.stop()
         housekeeping.cancel()
         await asyncio.gather(housekeeping, return_exceptions=True)
         await svc.rates.stop()

@@ -7,8 +7,11 @@ CLI and the HTTP API refuse the same things with the same words.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import ipaddress
+import logging
 import json
 import re
 import secrets
@@ -25,7 +28,9 @@ from rating_core.errors import MoneyError
 
 from gateway.errors import InvalidInput, NotFound
 from gateway.ledger.client import LedgerUnavailable
-from gateway.ledger.keys import GLOBAL, OrgKeys, valid_org_id
+from gateway.ledger.keys import DIRECTORY_CHANNEL, GLOBAL, OrgKeys, valid_org_id
+
+log = logging.getLogger("creditgate.directory")
 
 __all__ = [
     "ADMIN_ROLES",
@@ -114,6 +119,12 @@ def _country(cc: str, field_name: str) -> str:
     return code
 
 
+@functools.lru_cache(maxsize=4096)
+def _plan_of(country: str, dialplan: tuple[tuple[str, Any], ...]) -> DialPlan:
+    """An organization's dial plan, built (and validated) once per distinct setting."""
+    return DialPlan.from_dict(dict(dialplan)) if dialplan else DialPlan.for_country(country)
+
+
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -135,7 +146,8 @@ class Org:
 
     @property
     def plan(self) -> DialPlan:
-        return DialPlan.from_dict(self.dialplan) if self.dialplan else DialPlan.for_country(self.country)
+        key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(self.dialplan.items()))
+        return _plan_of(self.country, key)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -253,6 +265,10 @@ class Directory:
         except (RedisError, OSError) as exc:
             raise LedgerUnavailable(f"directory unreachable: {exc}") from exc
 
+    async def _changed(self) -> None:
+        """Tell every gateway process that an admin record changed (they drop their caches)."""
+        await self._call(self.client.publish(DIRECTORY_CHANNEL, "1"))
+
     # -- organizations --------------------------------------------------------------------
 
     async def create_org(
@@ -288,6 +304,7 @@ class Directory:
             await self._call(self.client.hdel(GLOBAL.org_names, name.lower()))
             raise InvalidInput(f"organization id {oid!r} is taken", "name")
         token = await self.create_token(oid, "org_admin", label="first admin token")
+        await self._changed()
         return org, token
 
     async def get_org(self, org_id: str) -> Org:
@@ -319,6 +336,7 @@ class Directory:
     async def update_org(self, org: Org, **changes: Any) -> Org:
         new = replace(org, **changes)
         await self._call(self.client.hset(GLOBAL.orgs, org.id, json.dumps(new.to_dict())))
+        await self._changed()
         return new
 
     async def set_recharge(self, org: Org, *, threshold: int, amount: int) -> None:
@@ -380,6 +398,7 @@ class Directory:
         await self._call(self.client.hset(k.users, user_id, json.dumps(user.to_dict())))
         await self._call(self.client.hset(k.user_numbers, e164, user_id))
         await self._refresh_allotments(org)
+        await self._changed()
         return user
 
     async def get_user(self, org_id: str, user_id: str) -> User:
@@ -438,6 +457,7 @@ class Directory:
                       ha1_md5=ha1_md5, ha1_sha256=ha1_sha)
         await self._call(self.client.hset(GLOBAL.trunks, tid, json.dumps(asdict(trunk))))
         self._trunk_cache = None
+        await self._changed()
         return trunk
 
     async def list_trunks(self) -> list[Trunk]:
@@ -456,6 +476,7 @@ class Directory:
             raise InvalidInput("a carrier address needs a port (where calls are sent)", "address")
         carrier = Carrier(name=name, host=host, port=port)
         await self._call(self.client.hset(GLOBAL.carriers, name, json.dumps(asdict(carrier))))
+        await self._changed()
         return carrier
 
     async def list_carriers(self) -> list[Carrier]:
@@ -485,6 +506,7 @@ class Directory:
             raise InvalidInput(f"{e164} belongs to another organization", "number")
         tf = TollFree(number=e164, org=org.id, target=target.strip())
         await self._call(self.client.hset(GLOBAL.tollfree, e164, json.dumps(asdict(tf))))
+        await self._changed()
         return tf
 
     async def tollfree(self, number: str) -> TollFree | None:
@@ -531,3 +553,98 @@ def _norm_host(host: str) -> str:
         return str(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
         return host
+
+
+class DirectoryCache:
+    """What the call path reads of the directory, kept in process memory.
+
+    A call setup would otherwise read trunks, carriers, the organization and the user from Redis
+    every time. Entries are dropped whenever any process changes an admin record (``Directory``
+    publishes on ``DIRECTORY_CHANNEL``; ``watch`` listens) and at the latest after ``ttl_s`` as a
+    safety net. Misses are never cached: a record added a moment ago is always found.
+    """
+
+    def __init__(self, directory: Directory, *, ttl_s: float = 10.0) -> None:
+        self.directory = directory
+        self.ttl_s = ttl_s
+        self._lists: dict[str, tuple[float, Any]] = {}
+        self._orgs: dict[str, tuple[float, Org]] = {}
+        self._users: dict[tuple[str, str], tuple[float, User]] = {}
+        self._tollfree: dict[str, tuple[float, TollFree]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def invalidate(self) -> None:
+        self._lists.clear()
+        self._orgs.clear()
+        self._users.clear()
+        self._tollfree.clear()
+
+    def _fresh(self, entry: tuple[float, Any] | None) -> bool:
+        return entry is not None and entry[0] > time.monotonic()
+
+    async def list_trunks(self, *, fresh: bool = False) -> list[Trunk]:
+        entry = self._lists.get("trunks")
+        if fresh or not self._fresh(entry):
+            entry = (time.monotonic() + self.ttl_s, await self.directory.list_trunks())
+            self._lists["trunks"] = entry
+        return entry[1]  # type: ignore[index]
+
+    async def list_carriers(self, *, fresh: bool = False) -> list[Carrier]:
+        entry = self._lists.get("carriers")
+        if fresh or not self._fresh(entry):
+            entry = (time.monotonic() + self.ttl_s, await self.directory.list_carriers())
+            self._lists["carriers"] = entry
+        return entry[1]  # type: ignore[index]
+
+    async def get_org(self, org_id: str) -> Org:
+        entry = self._orgs.get(org_id)
+        if not self._fresh(entry):
+            entry = (time.monotonic() + self.ttl_s, await self.directory.get_org(org_id))
+            self._orgs[org_id] = entry
+        return entry[1]  # type: ignore[index]
+
+    async def user_by_number(self, org_id: str, number: str) -> User | None:
+        entry = self._users.get((org_id, number))
+        if self._fresh(entry):
+            return entry[1]  # type: ignore[index]
+        user = await self.directory.user_by_number(org_id, number)
+        if user is not None:
+            self._users[(org_id, number)] = (time.monotonic() + self.ttl_s, user)
+        return user
+
+    async def tollfree(self, number: str) -> TollFree | None:
+        entry = self._tollfree.get(number)
+        if self._fresh(entry):
+            return entry[1]  # type: ignore[index]
+        tf = await self.directory.tollfree(number)
+        if tf is not None:
+            self._tollfree[number] = (time.monotonic() + self.ttl_s, tf)
+        return tf
+
+    def watch(self) -> None:
+        self._task = asyncio.ensure_future(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _watch(self) -> None:
+        while True:
+            pubsub = self.directory.client.pubsub()
+            try:
+                await pubsub.subscribe(DIRECTORY_CHANNEL)
+                self.invalidate()  # whatever changed while we were not listening
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
+                    if msg is not None:
+                        self.invalidate()
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("directory watch interrupted (%s); retrying", exc)
+                self.invalidate()
+                await pubsub.aclose()
+                await asyncio.sleep(1.0)

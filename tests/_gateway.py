@@ -35,7 +35,8 @@ def _toml_value(value: Any) -> str:
 
 class GatewayProcess:
     def __init__(self, directory: Path, redis_url: str, *, settings: dict[str, dict[str, Any]] | None = None,
-                 sip_port: int | None = None, log_level: str = "INFO") -> None:
+                 sip_port: int | None = None, log_level: str = "INFO", workers: int = 1) -> None:
+        self.workers = workers
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.redis_url = redis_url
@@ -60,12 +61,13 @@ class GatewayProcess:
     def start(self, timeout: float = 30.0) -> "GatewayProcess":
         log = open(self.log_file, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--json"],
+            [sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--json",
+             "--workers", str(self.workers)],
             cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if b"creditgate ready" in self.log_file.read_bytes():
+            if self.log_file.read_bytes().count(b"creditgate ready") >= self.workers:
                 return self
             if self.proc.poll() is not None:
                 break

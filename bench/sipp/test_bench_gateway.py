@@ -24,10 +24,10 @@ from bench.sipp.direct import sipp_direct_cps
 from tests.e2e.conftest import ALICE, UNIT, World, make_world
 from tests.e2e.sipp import Sipp, SippScenario, stop_all
 
-RATES = [200] if SMOKE else [1000, 2000, 3000, 4000]
-SECONDS_PER_STEP = 2 if SMOKE else 6
-HOLD_CALLS = 100 if SMOKE else 6000
-HOLD_RATE = 100 if SMOKE else 1000
+RATES = [200] if SMOKE else [200, 400, 600, 800, 1000, 1500, 2000]
+SECONDS_PER_STEP = 2 if SMOKE else 5
+HOLD_CALLS = 100 if SMOKE else 3000
+HOLD_RATE = 100 if SMOKE else 200
 HOLD_S = 6 if SMOKE else 30
 LONDON = "+442079460000"
 RESULTS: dict[str, float] = {}

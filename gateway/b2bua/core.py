@@ -48,7 +48,7 @@ from gateway.config import SipConfig
 from gateway.credit.engine import CreditEngine
 from gateway.credit.errors import CreditRefused
 from gateway.credit.session import CallSession, CreditExhausted
-from gateway.directory import DIGEST_REALM, Directory, Trunk
+from gateway.directory import DIGEST_REALM, Directory, DirectoryCache, Trunk
 from gateway.ledger.client import LedgerError, LedgerUnavailable, utc_now_iso
 from gateway.ledger.keys import GLOBAL
 from gateway.sip.digest import Challenger, DigestError, parse_credentials
@@ -121,7 +121,7 @@ class B2BUA:
         self,
         stack: SipStack,
         *,
-        directory: Directory,
+        directory: Directory | DirectoryCache,
         engine: CreditEngine,
         config: SipConfig,
         redis: Any = None,

@@ -14,7 +14,7 @@ from typing import Literal
 
 from dialplans import DialplanError, normalize
 
-from gateway.directory import Carrier, Directory, Org, TollFree, Trunk, User
+from gateway.directory import Carrier, Directory, DirectoryCache, Org, TollFree, Trunk, User
 from gateway.sip.errors import ParseError
 from gateway.sip.message import Request
 from gateway.sip.uri import SipUri, parse_name_addr, unescape
@@ -35,20 +35,29 @@ def _host(host: str) -> str:
     return host.strip("[]").lower()
 
 
-async def identify_source(directory: Directory, host: str, port: int) -> Origin | None:
-    """The trunk or carrier ``host:port`` belongs to, or None (an unknown source)."""
+def _match(trunks: list[Trunk], carriers: list[Carrier], host: str, port: int) -> Origin | None:
     host = _host(host)
-    trunks = [t for t in await directory.list_trunks() if _host(t.host) == host]
-    for t in trunks:
+    mine = [t for t in trunks if _host(t.host) == host]
+    for t in mine:
         if t.port == port:
             return Origin(kind="trunk", trunk=t)
-    for c in await directory.list_carriers():
+    for c in carriers:
         if _host(c.host) == host and c.port == port:
             return Origin(kind="carrier", carrier=c)
-    for t in trunks:
+    for t in mine:
         if t.port is None:
             return Origin(kind="trunk", trunk=t)
     return None
+
+
+async def identify_source(directory: Directory | DirectoryCache, host: str, port: int) -> Origin | None:
+    """The trunk or carrier ``host:port`` belongs to, or None (an unknown source). Through a cache,
+    a miss is checked once more against Redis: a trunk added a moment ago is always found."""
+    origin = _match(await directory.list_trunks(), await directory.list_carriers(), host, port)
+    if origin is None and isinstance(directory, DirectoryCache):
+        origin = _match(await directory.list_trunks(fresh=True), await directory.list_carriers(fresh=True),
+                        host, port)
+    return origin
 
 
 def _user_part(value: str | None) -> str | None:
@@ -87,7 +96,7 @@ def dialed_digits(request: Request) -> str | None:
     return None
 
 
-async def find_user(directory: Directory, org: Org, number: str | None) -> User | None:
+async def find_user(directory: Directory | DirectoryCache, org: Org, number: str | None) -> User | None:
     """The organization's user whose number is ``number`` (in any dialing form of its plan)."""
     if not number:
         return None
@@ -100,7 +109,7 @@ async def find_user(directory: Directory, org: Org, number: str | None) -> User 
     return await directory.user_by_number(org.id, e164)
 
 
-async def tollfree_for(directory: Directory, number: str | None) -> TollFree | None:
+async def tollfree_for(directory: Directory | DirectoryCache, number: str | None) -> TollFree | None:
     """The toll-free record of a number a carrier delivered (E.164 with or without '+')."""
     if not number:
         return None

@@ -20,6 +20,7 @@ __all__ = [
     "GlobalKeys",
     "GLOBAL",
     "DECK_CHANNEL",
+    "DIRECTORY_CHANNEL",
     "valid_org_id",
     "call_key",
     "month_of",
@@ -29,6 +30,7 @@ __all__ = [
 ORG_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 DECK_CHANNEL = "cg:deck:changed"
+DIRECTORY_CHANNEL = "cg:directory:changed"
 
 
 def valid_org_id(org: str) -> bool:

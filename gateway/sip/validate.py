@@ -10,6 +10,7 @@ order: method (§8.2.1), then header inspection (§8.2.2), then extensions (§8.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -158,7 +159,9 @@ def check_request(
         raise
 
 
+@functools.lru_cache(maxsize=4096)
 def _unusable_host(host: str) -> bool:
+    """Broadcast, multicast or unspecified (remembered per host: every response asks)."""
     try:
         addr = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
     except ValueError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +93,6 @@ class World:
 
     def wait_settled(self, count: int, org: str = "acme", timeout: float = 10.0) -> list[dict[str, Any]]:
         """The CDRs once ``count`` of them are written and nothing is reserved any more."""
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             cdrs = self.cdrs(org)
@@ -118,18 +117,20 @@ async def _seed(svc: Any, pbx_port: int, carrier_port: int, bridge_port: int) ->
 
 @contextlib.contextmanager
 def make_world(directory: Path, redis_url: str, settings: dict[str, dict[str, Any]] | None = None, *,
-               log_level: str = "INFO") -> Iterator[World]:
+               log_level: str = "INFO", workers: int = 1) -> Iterator[World]:
     """A seeded world on ``redis_url`` with a running gateway, stopped (and checked to exit 0) after."""
     merged: dict[str, dict[str, Any]] = {"credit": {"debit_interval_s": 2, "sweep_interval_s": 1.0},
                                          "sip": {"drain_timeout_s": 2.0}}
     for section, values in (settings or {}).items():
         merged.setdefault(section, {}).update(values)
-    gw = GatewayProcess(directory / "gw", redis_url, settings=merged, log_level=log_level)
+    gw = GatewayProcess(directory / "gw", redis_url, settings=merged, log_level=log_level, workers=workers)
     w = World(gw=gw, pbx_port=free_port(), carrier_port=free_port(), bridge_port=free_port())
     w.services(lambda svc: _seed(svc, w.pbx_port, w.carrier_port, w.bridge_port))
     gw.start()
     try:
-        gw.wait_log("rate deck version 1 loaded")
+        while gw.log_text().count("rate deck version 1 loaded") < workers:
+            gw.wait_log("rate deck version 1 loaded")
+            time.sleep(0.05)
         yield w
     finally:
         code = gw.stop()
