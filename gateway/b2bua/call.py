@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.sip.dialog import Dialog
 from gateway.sip.headers import Headers
-from gateway.sip.message import Request, Response
+from gateway.sip.message import Request
 from gateway.sip.transaction import ClientTransaction, ServerTransaction
 
 if TYPE_CHECKING:

@@ -43,7 +43,7 @@ from gateway.b2bua.routing import (
     tollfree_for,
 )
 from gateway.b2bua.registrar import Registrar, RegistrationError, aor_user, binding_target, contact_header
-from gateway.b2bua.stack import BRANCH_PREFIX, SipStack
+from gateway.b2bua.stack import BRANCH_PREFIX, SERVED_METHODS, SipStack
 from gateway.config import SipConfig
 from gateway.credit.engine import CreditEngine
 from gateway.credit.errors import CreditRefused
@@ -58,7 +58,7 @@ from gateway.sip.headers import Headers
 from gateway.sip.message import Request, Response, make_response
 from gateway.sip.transaction import ClientTransaction, ServerTransaction, State
 from gateway.sip.uri import SipUri, parse_uri
-from gateway.sip.validate import DEFAULT_ALLOWED_METHODS, DEFAULT_EXTENSIONS
+from gateway.sip.validate import DEFAULT_EXTENSIONS
 
 __all__ = ["B2BUA", "RING_TIMEOUT_S", "map_failure"]
 
@@ -67,7 +67,7 @@ log = logging.getLogger("creditgate.b2bua")
 # RFC 3261 §16.6 Timer C: an INVITE that rang this long without a final response is cancelled.
 RING_TIMEOUT_S = 180.0
 ALLOW = ", ".join(m for m in ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "PRACK", "INFO", "REGISTER")
-                  if m in DEFAULT_ALLOWED_METHODS or m == "REGISTER")
+                  if m in SERVED_METHODS)
 SUPPORTED = ", ".join(sorted(DEFAULT_EXTENSIONS))
 _RACK_RE = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\S+)\s*$")
 CREDIT_EXHAUSTED_REASON = 'SIP;cause=402;text="credit exhausted"'
@@ -430,8 +430,8 @@ class B2BUA:
             auth = await self.engine.authorize(
                 org, call_id=call.id, dialed=dialed, user=user, direction=direction,  # type: ignore[arg-type]
                 conference_id=conference_id, caller=user.number if user is not None else (caller or ""))
+            call.auth = auth  # from here on, whatever goes wrong releases the reservation with a CDR
             if not carriers:
-                await self.engine.release(auth, end_reason="no_route")
                 self._refuse(call, 503, "no carrier configured", retry_after=60)
                 return
             carrier = carriers[0]
@@ -448,9 +448,9 @@ class B2BUA:
             org = await self.directory.get_org(tf.org)
             auth = await self.engine.authorize(org, call_id=call.id, dialed=tf.number, user=None,
                                                direction="inbound_tollfree", caller=caller or "")
+            call.auth = auth
             target = parse_uri(tf.target)
             if not isinstance(target, SipUri):
-                await self.engine.release(auth, end_reason="no_route")
                 self._refuse(call, 503, "toll-free target is not a SIP URI")
                 return
             b_uri, dest = target, target_address(target)
@@ -459,7 +459,6 @@ class B2BUA:
             if binding is not None:
                 b_uri, dest, transport = binding_target(binding)
             from_user = caller or "anonymous"
-        call.auth = auth
         call.org_id = org.id
         if call.ended:
             # The caller cancelled while the engine was deciding: give the reservation back.

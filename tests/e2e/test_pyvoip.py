@@ -16,7 +16,7 @@ import time
 import pytest
 from conftest import ALICE, World
 
-import pyVoIP.VoIP  # noqa: I001 - pyVoIP wants its VoIP module imported before anything else of it
+# pyVoIP wants its VoIP module imported before anything else of it: this is the first pyVoIP import.
 from pyVoIP.VoIP import CallState, PhoneStatus, VoIPPhone
 
 pytestmark = pytest.mark.e2e
