@@ -65,6 +65,7 @@ class SipConfig:
     max_live_calls: int = 100_000
     max_setups_per_s: int = 5_000
     drain_timeout_s: float = 30.0
+    max_loop_lag_ms: int = 150  # new calls get 503 while the process runs this far behind
 
     @property
     def address(self) -> tuple[str, int]:

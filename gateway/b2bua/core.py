@@ -60,7 +60,7 @@ from gateway.sip.transaction import ClientTransaction, ServerTransaction, State
 from gateway.sip.uri import SipUri, parse_uri
 from gateway.sip.validate import DEFAULT_EXTENSIONS
 
-__all__ = ["B2BUA", "RING_TIMEOUT_S", "map_failure"]
+__all__ = ["B2BUA", "LoadMeter", "RING_TIMEOUT_S", "map_failure"]
 
 log = logging.getLogger("creditgate.b2bua")
 
@@ -93,6 +93,45 @@ def map_failure(status: int, reason: str) -> tuple[int, str, str | None]:
 
 def _warning_text(text: str) -> str:
     return text.replace("\\", "").replace('"', "'").replace("\r", " ").replace("\n", " ")[:200]
+
+
+class LoadMeter:
+    """How far behind the event loop runs: the lateness of a tick armed every ``interval_s``.
+
+    A process past its capacity answers late, the callers retransmit, and the retransmissions take
+    the capacity that was left: throughput collapses. Watching the loop's own lateness lets new calls
+    be refused with 503 (cheap) before that happens, while calls in progress keep their deadlines.
+    The figure decays (halves per tick) so one slow moment does not refuse calls for long.
+    """
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.lag_s = 0.0
+        self._expected = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def observe(self, late_s: float) -> float:
+        """Fold one tick's lateness into the figure (pure: the tests drive it)."""
+        self.lag_s = max(late_s, self.lag_s / 2)
+        return self.lag_s
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._expected = loop.time() + self.interval_s
+        self._handle = loop.call_at(self._expected, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self.observe(max(now - self._expected, 0.0))
+        self._expected = now + self.interval_s
+        self._handle = self._loop.call_at(self._expected, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class _SetupMeter:
@@ -139,6 +178,8 @@ class B2BUA:
         self._legs: dict[tuple[str, str], tuple[Call, Leg]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._setups = _SetupMeter()
+        self.load = LoadMeter()
+        self.load.start(stack.loop)
         self.draining = False
         self.counters: dict[str, int] = {}
 
@@ -279,7 +320,9 @@ class B2BUA:
         if self.draining:
             self._refuse(call, 503, "gateway shutting down", retry_after=30)
             return
-        if self.live_calls > self.config.max_live_calls or not self._setups.admit(now, self.config.max_setups_per_s):
+        if (self.live_calls > self.config.max_live_calls
+                or self.load.lag_s * 1000 > self.config.max_loop_lag_ms
+                or not self._setups.admit(now, self.config.max_setups_per_s)):
             self._count("overload")
             self._refuse(call, 503, "overloaded", retry_after=5)
             return
@@ -754,3 +797,4 @@ class B2BUA:
             log.warning("drain period over: ended %d live calls", n)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
+        self.load.stop()

@@ -94,3 +94,14 @@ def test_failures_are_mapped_for_the_caller(status: int, mapped: int) -> None:
     assert got == mapped
     # Passed-through failures are the far end's own words; everything the gateway maps it explains.
     assert (warning is None) == (status != 408 and not 500 <= status < 600)
+
+
+def test_load_meter_follows_lateness_and_decays() -> None:
+    from gateway.b2bua.core import LoadMeter
+
+    m = LoadMeter()
+    assert m.observe(0.0) == 0.0
+    assert m.observe(0.4) == 0.4  # one late tick: the process is behind
+    assert m.observe(0.0) == 0.2  # then halves each on-time tick
+    assert m.observe(0.0) == 0.1
+    assert m.observe(0.3) == 0.3  # a later, worse lateness takes over at once
