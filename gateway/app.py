@@ -19,6 +19,7 @@ import signal
 import time
 from typing import Any
 
+from gateway.api import start_http
 from gateway.b2bua.core import B2BUA
 from gateway.b2bua.stack import SipStack
 from gateway.config import Config
@@ -93,12 +94,14 @@ async def serve(svc: Services, stop: asyncio.Event, *, reuse_port: bool = False)
     svc.rates.watch()
     housekeeping = asyncio.ensure_future(svc.engine.run_housekeeping(svc.config.credit.sweep_interval_s))
     b2bua = await start_sip(svc, reuse_port=reuse_port)
+    http = await start_http(svc, b2bua=b2bua, reuse_port=reuse_port)
     log.info("creditgate ready: ledger at %s (data_dir %s)", svc.url, svc.config.data_dir)
     try:
         await stop.wait()
         log.info("stopping: no new calls; draining %d live calls", b2bua.live_calls)
         await b2bua.drain(svc.config.sip.drain_timeout_s)
     finally:
+        await http.cleanup()
         b2bua.stack.close()
         if isinstance(b2bua.directory, DirectoryCache):
             await b2bua.directory.stop()

@@ -408,11 +408,10 @@ def balance(
     """Show the balance, what live calls hold, and what is available."""
 
     async def body(svc: Services) -> None:
+        from gateway.admin import balance_view
+
         o = await svc.directory.resolve_org(org)
-        b = await svc.ledger.balance(o.id)
-        data = {"balance": format_money(b.balance), "reserved": format_money(b.reserved),
-                "available": format_money(b.available), "currency": o.currency}
-        _emit(as_json, data)
+        _emit(as_json, await balance_view(svc, o))
 
     _run(config, body)
 
@@ -431,11 +430,9 @@ def ledger(
         o = await svc.directory.resolve_org(org)
         start = stream_id(parse_when(from_, field="from") if from_ else None)
         end = stream_id(parse_when(to, end=True, field="to") if to else None, end=True)
-        rows = [
-            {"id": eid, "ts": e["ts"], "type": e["type"], "amount": format_money(int(e["amount"])),
-             "balance": format_money(int(e["balance"])), "call": e.get("call") or None, "note": e.get("note", "")}
-            for eid, e in await svc.ledger.audit_entries(o.id, start=start, end=end)
-        ]
+        from gateway.admin import ledger_view
+
+        rows = await ledger_view(svc, o, start=start, end=end)
 
         def table() -> None:
             t = Table("time", "type", "amount", "balance", "call", "note")

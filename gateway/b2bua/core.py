@@ -620,6 +620,7 @@ class B2BUA:
         assert b is not None and call.auth is not None and a.invite is not None
         call.state = CallState.CONFIRMED
         call.answered_wall = time.time()
+        self._count(f"answered_{call.auth.paid_by}_{call.auth.destination.number_class.value}")
         if not call.defer_b_ack or not response.body:
             call.defer_b_ack = False
             call.b_ack = self._ack_for_b(call)
@@ -763,6 +764,7 @@ class B2BUA:
             call.session.stop()
         call.state = CallState.ENDED
         call.end_reason = end_reason
+        self._count(f"ended_{end_reason}")
         self.calls.pop(call.id, None)
         # Keep the legs findable a little while: a late BYE or ACK retransmission gets its answer.
         self.stack.loop.call_later(32.0, self._forget, call)

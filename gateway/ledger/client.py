@@ -282,6 +282,9 @@ class Ledger:
         # waits for a connection instead of opening hundreds at once (or failing).
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._key_cache: dict[tuple[str, str], list[str]] = {}
+        self.requests = 0
+        self.seconds = 0.0
+        self.errors = 0
 
     async def close(self) -> None:
         if self._pipe is not None:
@@ -290,6 +293,7 @@ class Ledger:
     # -- plumbing -------------------------------------------------------------------------
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        started = time.perf_counter()
         try:
             if self._pipe is not None:
                 reply = await self._pipe.run(name, keys, args)
@@ -299,9 +303,15 @@ class Ledger:
             async with self._in_flight:
                 return await self._scripts[name](keys=keys, args=list(args))
         except ResponseError as exc:
+            self.errors += 1
             raise LedgerError(f"ledger script {name} failed: {exc}") from exc
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self.errors += 1
             raise LedgerUnavailable(f"ledger unreachable: {exc}") from exc
+        finally:
+            # Read by the metrics endpoint: script calls, their total latency, failures.
+            self.requests += 1
+            self.seconds += time.perf_counter() - started
 
     @staticmethod
     def call_keys(k: OrgKeys, call_or_fundings: str, month: str) -> list[str]:

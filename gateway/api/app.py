@@ -1,0 +1,112 @@
+"""The aiohttp application: routes, bearer auth, JSON errors, health, metrics and the OpenAPI document.
+
+Errors always leave as ``{"error": {"code": ..., "message": ...}}`` with a 4xx/5xx status (SPEC 9);
+an unexpected exception is logged with its trace and answered 500 with no detail, so nothing of the
+process's insides reaches a client. Request bodies are bounded by ``[http] max_body_bytes``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway.api.auth import SVC, ApiError
+from gateway.api.metrics import Metrics
+from gateway.api.openapi import openapi_document
+from gateway.api.routes import routes
+from gateway.errors import ConfigError, CreditgateError, InvalidInput, NotFound
+from gateway.ledger.client import LedgerUnavailable
+
+__all__ = ["make_app", "start_http"]
+
+log = logging.getLogger("creditgate.api")
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str, *, field: str | None = None,
+           headers: dict[str, str] | None = None) -> web.Response:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        err["field"] = field
+    return web.json_response({"error": err}, status=status, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status_code, exc.code, exc.message, field=exc.field,
+                      headers={k: v for k, v in exc.headers.items() if k.lower() == "www-authenticate"})
+    except InvalidInput as exc:
+        return _error(422, "invalid", str(exc), field=exc.field)
+    except NotFound as exc:
+        return _error(404, "not_found", str(exc))
+    except (LedgerUnavailable, RedisError):
+        return _error(503, "unavailable", "the ledger is unreachable; try again", headers={"Retry-After": "5"})
+    except ConfigError as exc:
+        return _error(501, "not_configured", str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "too_large", "the request body is too large")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+            return _error(exc.status, code, exc.reason)
+        raise
+    except CreditgateError as exc:
+        status = getattr(exc, "status_hint", None)
+        if isinstance(status, int) and 400 <= status < 500:
+            return _error(status, "refused", str(exc))
+        log.exception("request %s %s failed", request.method, request.path)
+        return _error(500, "internal", "internal error")
+    except Exception:  # noqa: BLE001 - never a trace to the client
+        log.exception("request %s %s failed", request.method, request.path)
+        return _error(500, "internal", "internal error")
+
+
+async def _health(request: web.Request) -> web.Response:
+    svc = request.app[SVC]
+    try:
+        await svc.client.ping()
+        ledger = "ok"
+    except (RedisError, OSError):
+        ledger = "unreachable"
+    status = 200 if ledger == "ok" else 503
+    return web.json_response({"status": "ok" if status == 200 else "degraded", "ledger": ledger}, status=status)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def make_app(svc: Any, *, b2bua: Any = None) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=svc.config.http.max_body_bytes)
+    app[SVC] = svc
+    app[METRICS] = Metrics(svc, b2bua)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_routes(routes)
+    return app
+
+
+async def start_http(svc: Any, *, b2bua: Any = None, reuse_port: bool = False) -> web.AppRunner:
+    """Serve the API on ``[http] listen``; the caller ``await runner.cleanup()`` to stop."""
+    host, port = svc.config.http.address
+    runner = web.AppRunner(make_app(svc, b2bua=b2bua), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=512)
+    await site.start()
+    log.info("HTTP API listening on %s:%d", host, port)
+    return runner

@@ -1,0 +1,72 @@
+"""Prometheus metrics, read at scrape time from the counters the SIP stack, B2BUA and ledger keep.
+
+Nothing is counted twice on the call path: the B2BUA and the stack bump plain dict counters and the
+ledger sums its script latencies; this collector turns them into metric families when scraped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics"]
+
+
+class _Collector:
+    def __init__(self, svc: Any, b2bua: Any) -> None:
+        self.svc = svc
+        self.b2bua = b2bua
+
+    def collect(self) -> Iterator[Metric]:
+        ledger = self.svc.ledger
+        req = CounterMetricFamily("creditgate_ledger_requests", "Ledger script calls", labels=["outcome"])
+        req.add_metric(["ok"], ledger.requests - ledger.errors)
+        req.add_metric(["error"], ledger.errors)
+        yield req
+        lat = CounterMetricFamily("creditgate_ledger_latency_seconds", "Total time spent in ledger script calls")
+        lat.add_metric([], ledger.seconds)
+        yield lat
+        if self.b2bua is None:
+            return
+        live = GaugeMetricFamily("creditgate_calls_live", "Calls in progress in this process")
+        live.add_metric([], self.b2bua.live_calls)
+        yield live
+        lag = GaugeMetricFamily("creditgate_event_loop_lag_seconds", "How late the event loop runs (decaying)")
+        lag.add_metric([], self.b2bua.load.lag_s)
+        yield lag
+        sip_in = CounterMetricFamily("creditgate_sip_requests_received", "SIP requests received", labels=["method"])
+        refused = CounterMetricFamily("creditgate_sip_refused", "Requests answered with an error or dropped",
+                                      labels=["stage", "status"])
+        for key, n in self.b2bua.stack.counters.items():
+            if key.startswith("in_"):
+                sip_in.add_metric([key[3:]], n)
+            elif key.startswith("refused_"):
+                refused.add_metric(["parse", key[8:]], n)
+            elif key == "dropped":
+                refused.add_metric(["parse", "dropped"], n)
+        answered = CounterMetricFamily("creditgate_calls_answered", "Calls answered", labels=["paid_by", "class"])
+        ended = CounterMetricFamily("creditgate_calls_ended", "Calls ended (settled)", labels=["reason"])
+        other = CounterMetricFamily("creditgate_b2bua_events", "Other B2BUA events", labels=["event"])
+        for key, n in self.b2bua.counters.items():
+            if key.startswith("refused_"):
+                refused.add_metric(["call", key[8:]], n)
+            elif key.startswith("ended_"):
+                ended.add_metric([key[6:]], n)
+            elif key.startswith("answered_"):
+                paid, _, cls = key[9:].partition("_")
+                answered.add_metric([paid, cls], n)
+            else:
+                other.add_metric([key], n)
+        yield from (sip_in, refused, answered, ended, other)
+
+
+class Metrics:
+    def __init__(self, svc: Any, b2bua: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(svc, b2bua))  # type: ignore[arg-type]
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,163 @@
+"""The OpenAPI 3 document of the HTTP API (served at ``/openapi.json``): every route, its auth and shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import __version__
+from gateway.directory import ADMIN_ROLES, TOKEN_ROLES
+
+__all__ = ["openapi_document"]
+
+MONEY = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,6})?$", "example": "50.00",
+         "description": "Decimal string in the account currency, up to 6 decimals"}
+ORG = {"name": "org", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "400": _json(_ref("Error"), "Malformed request body"),
+    "401": _json(_ref("Error"), "Missing, unknown or revoked token"),
+    "403": _json(_ref("Error"), "The token's role may not do this"),
+    "404": _json(_ref("Error"), "No such resource (or another organization's)"),
+    "422": _json(_ref("Error"), "A field is invalid; `error.field` names it"),
+    "503": _json(_ref("Error"), "The ledger is unreachable"),
+}
+
+
+def _op(summary: str, ok: dict[str, Any], *, roles: tuple[str, ...] | None = None, org: bool = True,
+        body: dict[str, Any] | None = None, params: list[dict[str, Any]] | None = None,
+        status: str = "200", errors: tuple[str, ...] = ("401", "403", "404", "503")) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {status: ok, **{e: ERRORS[e] for e in errors}}}
+    if roles is not None:
+        op["description"] = "Token roles allowed: " + ", ".join(roles) + "."
+        op["security"] = [{"bearer": []}]
+    op["parameters"] = ([ORG] if org else []) + (params or [])
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["responses"].setdefault("400", ERRORS["400"])
+        op["responses"].setdefault("422", ERRORS["422"])
+    return op
+
+
+def openapi_document() -> dict[str, Any]:
+    read = ("operator", "org_admin", "billing_admin", "read_only")
+    money = ("operator", "org_admin", "billing_admin")
+    admin = ("operator", "org_admin")
+    q = {"in": "query", "required": False}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "creditgate", "version": __version__,
+                 "description": "Prepaid communications credits for SIP calls: balances, funding, ledger, "
+                                "users, live calls and rates. Money is a decimal string in the account "
+                                "currency; times are ISO 8601 UTC; numbers are E.164."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                                   "field": {"type": "string"}}}}},
+                "Money": MONEY,
+                "Balance": {"type": "object", "required": ["balance", "reserved", "available", "currency"],
+                            "properties": {"balance": MONEY, "reserved": MONEY, "available": MONEY,
+                                           "currency": {"type": "string"}}},
+                "FundingRequest": {"type": "object", "required": ["amount"], "properties": {
+                    "amount": MONEY, "idempotency_key": {"type": "string", "maxLength": 128}}},
+                "Funding": {"type": "object", "required": ["org", "funded", "balance", "currency"],
+                            "properties": {"org": {"type": "string"}, "funded": MONEY, "balance": MONEY,
+                                           "currency": {"type": "string"}}},
+                "AutoRechargeRequest": {"type": "object", "properties": {
+                    "enabled": {"type": "boolean", "default": True}, "threshold": MONEY, "amount": MONEY}},
+                "AutoRecharge": {"type": "object", "required": ["org", "enabled"], "properties": {
+                    "org": {"type": "string"}, "enabled": {"type": "boolean"}, "threshold": MONEY,
+                    "amount": MONEY, "currency": {"type": "string"}}},
+                "LedgerEntry": {"type": "object", "required": ["id", "ts", "type", "amount", "balance"],
+                                "properties": {"id": {"type": "string"}, "ts": {"type": "string"},
+                                               "type": {"type": "string"},
+                                               "amount": {"type": "string", "description": "signed decimal"},
+                                               "balance": MONEY, "call": {"type": "string", "nullable": True},
+                                               "note": {"type": "string"}}},
+                "LedgerPage": {"type": "object", "required": ["entries", "next_cursor"], "properties": {
+                    "entries": {"type": "array", "items": _ref("LedgerEntry")},
+                    "next_cursor": {"type": "string", "nullable": True}}},
+                "User": {"type": "object", "required": ["org", "id", "number"], "properties": {
+                    "org": {"type": "string"}, "id": {"type": "string"}, "number": {"type": "string"},
+                    "email": {"type": "string"}, "roles": {"type": "array", "items": {"type": "string"}},
+                    "licence": {"type": "boolean"}, "plan": {"type": "string"}, "country": {"type": "string"}}},
+                "UserCreate": {"type": "object", "required": ["id", "number"], "properties": {
+                    "id": {"type": "string"}, "number": {"type": "string", "example": "+442079460123"},
+                    "email": {"type": "string"},
+                    "roles": {"type": "array", "items": {"type": "string", "enum": list(ADMIN_ROLES)}},
+                    "licence": {"type": "boolean"}, "plan": {"type": "string"}, "country": {"type": "string"}}},
+                "LiveCall": {"type": "object", "properties": {
+                    "call_id": {"type": "string"}, "state": {"type": "string"}, "user": {"type": "string"},
+                    "caller": {"type": "string"}, "callee": {"type": "string"}, "class": {"type": "string"},
+                    "destination": {"type": "string"}, "direction": {"type": "string"},
+                    "conference_id": {"type": "string"}, "paid_by": {"type": "string"},
+                    "granted_s": {"type": "integer"}, "held": MONEY, "charged_so_far": MONEY,
+                    "currency": {"type": "string"}}},
+                "TokenRequest": {"type": "object", "required": ["role"], "properties": {
+                    "role": {"type": "string", "enum": list(TOKEN_ROLES)}, "label": {"type": "string"}}},
+                "Token": {"type": "object", "required": ["org", "role", "token"], "properties": {
+                    "org": {"type": "string"}, "role": {"type": "string"}, "token": {"type": "string"}}},
+                "Quote": {"type": "object", "additionalProperties": True},
+            },
+        },
+        "paths": {
+            "/health": {"get": {"summary": "Liveness and ledger reachability", "parameters": [], "responses": {
+                "200": _json({"type": "object"}), "503": _json({"type": "object"}, "Ledger unreachable")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "parameters": [], "responses": {
+                "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "parameters": [],
+                                      "responses": {"200": _json({"type": "object"})}}},
+            "/v1/orgs/{org}/balance": {"get": _op("Balance, reservations of live calls, available", _json(_ref("Balance")), roles=read)},
+            "/v1/orgs/{org}/funding": {"post": _op("Fund the balance once (at least the minimum funding)",
+                                                   _json(_ref("Funding"), "Funded"), roles=money,
+                                                   body=_ref("FundingRequest"), status="201")},
+            "/v1/orgs/{org}/auto-recharge": {
+                "get": _op("Auto-recharge settings", _json(_ref("AutoRecharge")), roles=read),
+                "put": _op("Turn auto-recharge on (threshold, amount) or off (enabled: false)",
+                           _json(_ref("AutoRecharge")), roles=money, body=_ref("AutoRechargeRequest"))},
+            "/v1/orgs/{org}/ledger": {"get": _op(
+                "Audit ledger: every balance change with the running balance, oldest first, paged",
+                _json(_ref("LedgerPage")), roles=read, errors=("401", "403", "404", "422", "503"), params=[
+                    {**q, "name": "from", "schema": {"type": "string"}, "description": "date or ISO time"},
+                    {**q, "name": "to", "schema": {"type": "string"}},
+                    {**q, "name": "limit", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    {**q, "name": "cursor", "schema": {"type": "string"}, "description": "next_cursor of the previous page"}])},
+            "/v1/orgs/{org}/users": {
+                "get": _op("Users with their licence, plan and roles",
+                           _json({"type": "array", "items": _ref("User")}), roles=read),
+                "post": _op("Add or update a user", _json(_ref("User"), "Created"), roles=admin,
+                            body=_ref("UserCreate"), status="201")},
+            "/v1/orgs/{org}/calls": {"get": _op("Live calls", _json({"type": "array", "items": _ref("LiveCall")}), roles=read)},
+            "/v1/orgs/{org}/tokens": {"post": _op("Create an API token (shown once, stored hashed)",
+                                                  _json(_ref("Token"), "Created"), roles=admin,
+                                                  body=_ref("TokenRequest"), status="201")},
+            "/v1/orgs/{org}/tokens/{token_hash}": {"delete": _op(
+                "Revoke a token", _json({"type": "object"}), roles=admin,
+                params=[{"name": "token_hash", "in": "path", "required": True, "schema": {"type": "string"},
+                         "description": "the token or its sha256 hex"}])},
+            "/v1/rates/decks": {"post": {
+                "summary": "Import a rate deck (CSV with the SPEC header); rows without a date take ?effective",
+                "description": "Token roles allowed: operator.", "security": [{"bearer": []}],
+                "parameters": [{**q, "name": "effective", "schema": {"type": "string"}}],
+                "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
+                "responses": {"201": _json({"type": "object"}, "Imported"),
+                              **{e: ERRORS[e] for e in ("400", "401", "403", "422", "503")}}}},
+            "/v1/rates/quote": {"get": _op(
+                "What a call to a number costs for N minutes", _json(_ref("Quote")), org=False,
+                roles=tuple(TOKEN_ROLES), errors=("401", "404", "422", "503"), params=[
+                    {"name": "number", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {**q, "name": "minutes", "schema": {"type": "integer", "minimum": 0, "maximum": 100000, "default": 1}},
+                    {**q, "name": "country", "schema": {"type": "string"}, "description": "for a nationally dialed number"}])},
+        },
+    }

@@ -1,0 +1,248 @@
+"""The HTTP routes (SPEC 9): thin handlers over the same service layer as the CLI.
+
+Every handler authenticates, checks scope and role (``auth.allow``), validates its input into
+typed values (money strings into micro-units, naming the field on error) and calls the service
+layer; nothing here decides money.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from rating_core import DeckError, RateDeck
+from rating_core.errors import MoneyError
+from rating_core.money import parse_money
+
+from gateway.admin import balance_view, configure_recharge, ledger_view, recharge_view
+from gateway.api.auth import ADMIN, ANY, MONEY, OPERATOR, READ, SVC, ApiError, Principal, allow, authenticate
+from gateway.credit.errors import CreditRefused
+from gateway.credit.quote import quote as make_quote
+from gateway.directory import TOKEN_ROLES, Org
+from gateway.errors import InvalidInput
+from gateway.funding import fund_once
+from gateway.reports.live import live_calls
+from gateway.services import Services
+from gateway.timeutil import parse_when, stream_id
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+MAX_LEDGER_PAGE = 1000
+
+
+def _svc(request: web.Request) -> Services:
+    return request.app[SVC]
+
+
+async def _principal(request: web.Request) -> Principal:
+    return await authenticate(request, _svc(request).directory)
+
+
+async def _org(request: web.Request, roles: frozenset[str]) -> tuple[Services, Org]:
+    principal = await _principal(request)
+    org_id = request.match_info["org"]
+    allow(principal, roles, org_id)
+    return _svc(request), await _svc(request).directory.get_org(org_id)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "bad_request", "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    return body
+
+
+def _money(body: dict[str, Any], name: str, *, required: bool = True) -> int | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidInput("is required (a decimal string such as \"50.00\")", name)
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput("must be a decimal string such as \"50.00\", not a number", name)
+    try:
+        return parse_money(value)
+    except MoneyError as exc:
+        raise InvalidInput(str(exc), name) from None
+
+
+def _string(body: dict[str, Any], name: str, *, required: bool = True, default: str = "") -> str:
+    value = body.get(name, None)
+    if value is None:
+        if required:
+            raise InvalidInput("is required", name)
+        return default
+    if not isinstance(value, str):
+        raise InvalidInput("must be a string", name)
+    return value
+
+
+def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidInput("must be true or false", name)
+    return value
+
+
+# -- organizations ----------------------------------------------------------------------------
+
+
+@routes.get("/v1/orgs/{org}/balance")
+async def get_balance(request: web.Request) -> web.Response:
+    svc, org = await _org(request, READ)
+    return web.json_response(await balance_view(svc, org))
+
+
+@routes.post("/v1/orgs/{org}/funding")
+async def post_funding(request: web.Request) -> web.Response:
+    svc, org = await _org(request, MONEY)
+    body = await _json_object(request)
+    amount = _money(body, "amount")
+    assert amount is not None
+    key = _string(body, "idempotency_key", required=False)
+    if len(key) > 128:
+        raise InvalidInput("must be at most 128 characters", "idempotency_key")
+    return web.json_response(await fund_once(svc, org, amount, idempotency_key=key), status=201)
+
+
+@routes.get("/v1/orgs/{org}/auto-recharge")
+async def get_auto_recharge(request: web.Request) -> web.Response:
+    svc, org = await _org(request, READ)
+    settings = await svc.directory.recharge_settings(org)
+    if settings is None:
+        return web.json_response({"org": org.id, "enabled": False})
+    return web.json_response(recharge_view(org, *settings))
+
+
+@routes.put("/v1/orgs/{org}/auto-recharge")
+async def put_auto_recharge(request: web.Request) -> web.Response:
+    svc, org = await _org(request, MONEY)
+    body = await _json_object(request)
+    enabled = _bool(body, "enabled", True)
+    result = await configure_recharge(svc, org, threshold=_money(body, "threshold", required=enabled),
+                                      amount=_money(body, "amount", required=enabled), enabled=enabled)
+    return web.json_response(result)
+
+
+@routes.get("/v1/orgs/{org}/ledger")
+async def get_ledger(request: web.Request) -> web.Response:
+    """Paged: ``limit`` entries from ``cursor`` (the id after which to go on) or from ``from``."""
+    svc, org = await _org(request, READ)
+    q = request.query
+    try:
+        limit = int(q.get("limit", "100"))
+    except ValueError:
+        raise InvalidInput("must be an integer", "limit") from None
+    if not 1 <= limit <= MAX_LEDGER_PAGE:
+        raise InvalidInput(f"must be 1 to {MAX_LEDGER_PAGE}", "limit")
+    start = stream_id(parse_when(q["from"], field="from") if q.get("from") else None)
+    end = stream_id(parse_when(q["to"], end=True, field="to") if q.get("to") else None, end=True)
+    cursor = q.get("cursor")
+    if cursor:
+        if not all(part.isdigit() for part in cursor.split("-", 1)):
+            raise InvalidInput("is not a ledger entry id", "cursor")
+        start = "(" + cursor
+    rows = await ledger_view(svc, org, start=start, end=end, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return web.json_response({"entries": rows, "next_cursor": rows[-1]["id"] if more and rows else None})
+
+
+@routes.get("/v1/orgs/{org}/users")
+async def get_users(request: web.Request) -> web.Response:
+    svc, org = await _org(request, READ)
+    return web.json_response([u.to_dict() for u in await svc.directory.list_users(org.id)])
+
+
+@routes.post("/v1/orgs/{org}/users")
+async def post_user(request: web.Request) -> web.Response:
+    svc, org = await _org(request, ADMIN)
+    body = await _json_object(request)
+    roles = body.get("roles", [])
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise InvalidInput("must be a list of role ids", "roles")
+    country = body.get("country")
+    if country is not None and not isinstance(country, str):
+        raise InvalidInput("must be a country code", "country")
+    user = await svc.directory.add_user(
+        org, _string(body, "id"), number=_string(body, "number"), email=_string(body, "email", required=False),
+        roles=roles, licence=_bool(body, "licence", False), plan=_string(body, "plan", required=False, default="none"),
+        country=country)
+    return web.json_response(user.to_dict(), status=201)
+
+
+@routes.get("/v1/orgs/{org}/calls")
+async def get_calls(request: web.Request) -> web.Response:
+    svc, org = await _org(request, READ)
+    return web.json_response(await live_calls(svc.ledger, org))
+
+
+@routes.post("/v1/orgs/{org}/tokens")
+async def post_token(request: web.Request) -> web.Response:
+    svc, org = await _org(request, ADMIN)
+    body = await _json_object(request)
+    role = _string(body, "role")
+    if role not in TOKEN_ROLES:
+        raise InvalidInput(f"must be one of {', '.join(TOKEN_ROLES)}", "role")
+    token = await svc.directory.create_token(org.id, role, label=_string(body, "label", required=False)[:200])
+    return web.json_response({"org": org.id, "role": role, "token": token}, status=201)
+
+
+@routes.delete("/v1/orgs/{org}/tokens/{token_hash}")
+async def delete_token(request: web.Request) -> web.Response:
+    svc, org = await _org(request, ADMIN)
+    if not await svc.directory.revoke_token(org.id, request.match_info["token_hash"]):
+        raise ApiError(404, "not_found", "no such token for this organization")
+    return web.json_response({"org": org.id, "revoked": True})
+
+
+# -- rates --------------------------------------------------------------------------------------
+
+
+@routes.post("/v1/rates/decks")
+async def post_deck(request: web.Request) -> web.Response:
+    """Import a rate deck (CSV body, SPEC 9 header); ``?effective=DATE`` dates rows without one."""
+    principal = await _principal(request)
+    allow(principal, OPERATOR)
+    effective = request.query.get("effective")
+    try:
+        text = await request.text()
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_request", "the deck must be UTF-8 CSV text") from None
+    try:
+        deck = RateDeck.from_csv_text(text, effective=parse_when(effective, field="effective") if effective else None)
+    except DeckError as exc:
+        raise InvalidInput(str(exc), "deck") from None
+    merged = await _svc(request).rates.import_deck(deck)
+    return web.json_response({"imported": len(deck), "rates": len(merged)}, status=201)
+
+
+@routes.get("/v1/rates/quote")
+async def get_quote(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    allow(principal, ANY)
+    number = request.query.get("number", "")
+    if not number:
+        raise InvalidInput("is required", "number")
+    try:
+        minutes = int(request.query.get("minutes", "1"))
+    except ValueError:
+        raise InvalidInput("must be an integer", "minutes") from None
+    if not 0 <= minutes <= 100_000:
+        raise InvalidInput("must be 0 to 100000", "minutes")
+    svc = _svc(request)
+    deck = await svc.rates.load()
+    if deck is None:
+        raise ApiError(404, "not_found", "no rate deck loaded")
+    country = request.query.get("country") or None  # E.164 numbers are classified from their own country
+    try:
+        quote = make_quote(deck, number, minutes=minutes, country=country)
+    except CreditRefused as exc:
+        raise ApiError(404, "not_rated", exc.refusal.reason) from None
+    return web.json_response(quote.to_dict())
