@@ -109,6 +109,39 @@ def openapi_document() -> dict[str, Any]:
                 "Token": {"type": "object", "required": ["org", "role", "token"], "properties": {
                     "org": {"type": "string"}, "role": {"type": "string"}, "token": {"type": "string"}}},
                 "Quote": {"type": "object", "additionalProperties": True},
+                "SessionStart": {"type": "object", "required": ["number"], "properties": {
+                    "session_id": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{8,100}$",
+                                   "description": "yours (idempotency), or one is made"},
+                    "number": {"type": "string", "example": "+12125550123"}, "user": {"type": "string"},
+                    "conference_id": {"type": "string"},
+                    "direction": {"type": "string", "enum": ["outbound", "dialout"], "default": "outbound"}},
+                    "example": {"session_id": "sw-0001-abcdef", "number": "+12125550123", "user": "alice"}},
+                "SessionGrant": {"type": "object", "properties": {
+                    "authorized": {"type": "boolean"}, "session_id": {"type": "string"},
+                    "granted_s": {"type": "integer", "nullable": True,
+                                  "description": "paid through this many seconds from answer; null: no limit"},
+                    "final": {"type": "boolean", "description": "no further grant will come: end the call at granted_s"},
+                    "held": MONEY, "currency": {"type": "string"}, "sequence": {"type": "integer"},
+                    "max_duration_s": {"type": "integer", "nullable": True}, "paid_by": {"type": "string"},
+                    "class": {"type": "string"}, "number": {"type": "string"},
+                    "rate": {"type": "string", "nullable": True}, "reason": {"type": "string"},
+                    "code": {"type": "string"}, "status": {"type": "integer"}},
+                    "example": {"authorized": True, "session_id": "sw-0001-abcdef", "granted_s": 60, "final": False,
+                                "held": "0.02", "currency": "GBP", "sequence": 0, "max_duration_s": 2994,
+                                "paid_by": "credits", "class": "international", "number": "+12125550123",
+                                "rate": "0.02"}},
+                "SessionUpdate": {"type": "object", "required": ["sequence"], "properties": {
+                    "sequence": {"type": "integer", "minimum": 1, "description": "1 for the first update, then 2, ..."}},
+                    "example": {"sequence": 1}},
+                "SessionTerminate": {"type": "object", "required": ["sequence", "used_s"], "properties": {
+                    "sequence": {"type": "integer", "minimum": 1}, "used_s": {"type": "integer", "minimum": 0},
+                    "answered": {"type": "boolean", "default": True}, "reason": {"type": "string", "default": "normal"}},
+                    "example": {"sequence": 2, "used_s": 75}},
+                "SessionResult": {"type": "object", "properties": {
+                    "session_id": {"type": "string"}, "charge": MONEY, "billed_s": {"type": "integer"},
+                    "balance": MONEY, "currency": {"type": "string"}},
+                    "example": {"session_id": "sw-0001-abcdef", "charge": "0.03", "billed_s": 78, "balance": "49.97",
+                                "currency": "GBP"}},
             },
         },
         "paths": {
@@ -146,6 +179,23 @@ def openapi_document() -> dict[str, Any]:
                 "Revoke a token", _json({"type": "object"}), roles=admin,
                 params=[{"name": "token_hash", "in": "path", "required": True, "schema": {"type": "string"},
                          "description": "the token or its sha256 hex"}])},
+            "/v1/orgs/{org}/sessions": {"post": _op(
+                "Credit-control session, initial request: authorize and grant the first chunk",
+                _json(_ref("SessionGrant"), "Authorized (201) or refused (200, authorized false)"),
+                roles=("operator", "org_admin", "bridge"), body=_ref("SessionStart"), status="201")
+                | {"description": "Token roles allowed: operator, org_admin, bridge. Worked example: start "
+                                  "{session_id: sw-0001-abcdef, number: +12125550123} -> granted_s 60; at about 55 s "
+                                  "update {sequence: 1} -> granted_s 120; the call ends at 75 s: terminate "
+                                  "{sequence: 2, used_s: 75} -> the exact charge of 75 s by the deck's increments "
+                                  "and a CDR. Replaying any request with the same sequence returns the first answer."}},
+            "/v1/orgs/{org}/sessions/{session}/update": {"post": _op(
+                "Commit the chunk used and grant the next (final: the seconds left)", _json(_ref("SessionGrant")),
+                roles=("operator", "org_admin", "bridge"), body=_ref("SessionUpdate"),
+                params=[{"name": "session", "in": "path", "required": True, "schema": {"type": "string"}}])},
+            "/v1/orgs/{org}/sessions/{session}/terminate": {"post": _op(
+                "Settle: charge the exact price of the seconds used and write the CDR", _json(_ref("SessionResult")),
+                roles=("operator", "org_admin", "bridge"), body=_ref("SessionTerminate"),
+                params=[{"name": "session", "in": "path", "required": True, "schema": {"type": "string"}}])},
             "/v1/rates/decks": {"post": {
                 "summary": "Import a rate deck (CSV with the SPEC header); rows without a date take ?effective",
                 "description": "Token roles allowed: operator.", "security": [{"bearer": []}],

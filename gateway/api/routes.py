@@ -8,6 +8,7 @@ layer; nothing here decides money.
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +18,8 @@ from rating_core.errors import MoneyError
 from rating_core.money import parse_money
 
 from gateway.admin import balance_view, configure_recharge, ledger_view, recharge_view
-from gateway.api.auth import ADMIN, ANY, MONEY, OPERATOR, READ, SVC, ApiError, Principal, allow, authenticate
+from gateway.api.auth import ADMIN, ANY, BRIDGE, MONEY, OPERATOR, READ, SVC, ApiError, Principal, allow, authenticate
+from gateway.credit.control import start_session, terminate_session, update_session
 from gateway.credit.errors import CreditRefused
 from gateway.credit.quote import quote as make_quote
 from gateway.directory import TOKEN_ROLES, Org
@@ -200,6 +202,46 @@ async def delete_token(request: web.Request) -> web.Response:
     if not await svc.directory.revoke_token(org.id, request.match_info["token_hash"]):
         raise ApiError(404, "not_found", "no such token for this organization")
     return web.json_response({"org": org.id, "revoked": True})
+
+
+# -- credit-control sessions (RFC 4006 over HTTP) ------------------------------------------------
+
+
+def _int(body: dict[str, Any], name: str, *, low: int = 0, high: int = 10**9) -> int:
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidInput(f"must be an integer {low} to {high}", name)
+    return value
+
+
+@routes.post("/v1/orgs/{org}/sessions")
+async def post_session(request: web.Request) -> web.Response:
+    svc, org = await _org(request, BRIDGE)
+    body = await _json_object(request)
+    session_id = _string(body, "session_id", required=False) or secrets.token_hex(12)
+    result = await start_session(svc, org, session_id=session_id, number=_string(body, "number"),
+                                 user_id=_string(body, "user", required=False) or None,
+                                 conference_id=_string(body, "conference_id", required=False)[:128],
+                                 direction=_string(body, "direction", required=False, default="outbound"))
+    return web.json_response(result, status=201 if result["authorized"] else 200)
+
+
+@routes.post("/v1/orgs/{org}/sessions/{session}/update")
+async def post_session_update(request: web.Request) -> web.Response:
+    svc, org = await _org(request, BRIDGE)
+    body = await _json_object(request)
+    return web.json_response(await update_session(svc, org, request.match_info["session"],
+                                                  sequence=_int(body, "sequence", low=1)))
+
+
+@routes.post("/v1/orgs/{org}/sessions/{session}/terminate")
+async def post_session_terminate(request: web.Request) -> web.Response:
+    svc, org = await _org(request, BRIDGE)
+    body = await _json_object(request)
+    return web.json_response(await terminate_session(
+        svc, org, request.match_info["session"], sequence=_int(body, "sequence", low=1),
+        used_s=_int(body, "used_s", high=10**8), answered=_bool(body, "answered", True),
+        reason=_string(body, "reason", required=False, default="normal")))
 
 
 # -- rates --------------------------------------------------------------------------------------

@@ -553,6 +553,16 @@ class Ledger:
             raise LedgerUnavailable(f"ledger unreachable: {exc}") from exc
         return [_s(i) for i in ids]
 
+    async def call_month(self, org: str, call_id: str) -> str | None:
+        """The UTC month ('YYYYMM') whose minutes a call draws on, as its reservation recorded it."""
+        try:
+            mk = await self.client.hget(OrgKeys(org).call(call_id), "mk")
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise LedgerUnavailable(f"ledger unreachable: {exc}") from exc
+        if mk is None:
+            return None
+        return _s(mk).rsplit(":", 1)[-1]
+
     async def call_record(self, org: str, call_id: str) -> dict[str, Any]:
         """A call's state as the scripts keep it (``CALL_FIELDS``), its ``bucket`` and ``meta``; {} if unknown."""
         try:
