@@ -80,7 +80,7 @@ async def start_sip(svc: Services, *, reuse_port: bool = False) -> B2BUA:
     directory = DirectoryCache(svc.directory)
     directory.watch()
     b2bua = B2BUA(stack, directory=directory, engine=svc.engine, config=cfg, redis=svc.client,
-                  digest_secret=await _digest_secret(svc))
+                  digest_secret=await _digest_secret(svc), grants=svc.grants)
     log.info("SIP listening on %s:%d (udp, tcp)", stack.host, stack.port)
     return b2bua
 

@@ -114,6 +114,7 @@ class CreditConfig:
     max_concurrent_calls: int = 0
     daily_spend_limit: str = ""
     sweep_interval_s: float = 5.0
+    grant_ttl_s: int = 60  # how long a dial-out grant may wait for its INVITE
 
     def __post_init__(self) -> None:
         if self.debit_interval_s <= 0:

@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 
 from gateway.config import Config
 from gateway.credit.engine import CreditEngine
+from gateway.credit.grants import Grants
 from gateway.directory import Directory
 from gateway.ledger.client import MAX_IN_FLIGHT, Ledger
 from gateway.ledger.embedded import EmbeddedRedis, ensure_redis
@@ -55,6 +56,7 @@ class Services:
     directory: Directory
     rates: RateStore
     engine: CreditEngine
+    grants: Grants
     url: str
     embedded: EmbeddedRedis | None = None
 
@@ -75,8 +77,10 @@ async def open_services(config: Config, *, pipeline: bool = False) -> AsyncItera
         directory = Directory(client)
         rates = RateStore(client)
         engine = CreditEngine(ledger=ledger, directory=directory, rates=rates, config=config.credit)
+        grants = Grants(engine, client, ttl_s=config.credit.grant_ttl_s)
+        engine.sweeps.append(grants.release_expired)
         yield Services(config=config, client=client, ledger=ledger, directory=directory, rates=rates,
-                       engine=engine, url=url, embedded=embedded)
+                       engine=engine, grants=grants, url=url, embedded=embedded)
     finally:
         if "ledger" in locals():
             await ledger.close()

@@ -109,6 +109,17 @@ def openapi_document() -> dict[str, Any]:
                 "Token": {"type": "object", "required": ["org", "role", "token"], "properties": {
                     "org": {"type": "string"}, "role": {"type": "string"}, "token": {"type": "string"}}},
                 "Quote": {"type": "object", "additionalProperties": True},
+                "DialoutRequest": {"type": "object", "required": ["number"], "properties": {
+                    "number": {"type": "string", "example": "+12125550123"}, "user": {"type": "string"},
+                    "conference_id": {"type": "string"}}},
+                "DialoutResult": {"type": "object", "required": ["authorized", "grant", "max_duration_s", "rate",
+                                                                 "class", "reason"], "properties": {
+                    "authorized": {"type": "boolean"}, "grant": {"type": "string", "nullable": True},
+                    "max_duration_s": {"type": "integer", "nullable": True},
+                    "rate": {"type": "string", "nullable": True}, "class": {"type": "string", "nullable": True},
+                    "reason": {"type": "string"}, "paid_by": {"type": "string"}, "number": {"type": "string"},
+                    "expires_in_s": {"type": "integer"}, "currency": {"type": "string"},
+                    "code": {"type": "string"}, "status": {"type": "integer"}}},
                 "SessionStart": {"type": "object", "required": ["number"], "properties": {
                     "session_id": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{8,100}$",
                                    "description": "yours (idempotency), or one is made"},
@@ -179,6 +190,11 @@ def openapi_document() -> dict[str, Any]:
                 "Revoke a token", _json({"type": "object"}), roles=admin,
                 params=[{"name": "token_hash", "in": "path", "required": True, "schema": {"type": "string"},
                          "description": "the token or its sha256 hex"}])},
+            "/v1/orgs/{org}/dialout/authorize": {"post": _op(
+                "May a bridge dial this number for this user and conference? A short-lived signed grant that "
+                "reserves the first chunk; the bridge's INVITE carries it in X-Creditgate-Grant",
+                _json(_ref("DialoutResult"), "Authorized (201) or refused (200, authorized false)"),
+                roles=("operator", "org_admin", "bridge"), body=_ref("DialoutRequest"), status="201")},
             "/v1/orgs/{org}/sessions": {"post": _op(
                 "Credit-control session, initial request: authorize and grant the first chunk",
                 _json(_ref("SessionGrant"), "Authorized (201) or refused (200, authorized false)"),

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from rating_core import DeckError, RateDeck
 from rating_core.errors import MoneyError
-from rating_core.money import parse_money
+from rating_core import UNLIMITED_SECONDS
+from rating_core.money import format_money, parse_money
 
 from gateway.admin import balance_view, configure_recharge, ledger_view, recharge_view
 from gateway.api.auth import ADMIN, ANY, BRIDGE, MONEY, OPERATOR, READ, SVC, ApiError, Principal, allow, authenticate
@@ -202,6 +203,31 @@ async def delete_token(request: web.Request) -> web.Response:
     if not await svc.directory.revoke_token(org.id, request.match_info["token_hash"]):
         raise ApiError(404, "not_found", "no such token for this organization")
     return web.json_response({"org": org.id, "revoked": True})
+
+
+@routes.post("/v1/orgs/{org}/dialout/authorize")
+async def post_dialout_authorize(request: web.Request) -> web.Response:
+    """May the bridge dial this number for this user and conference? A grant reserving the first chunk."""
+    svc, org = await _org(request, BRIDGE)
+    body = await _json_object(request)
+    number = _string(body, "number")
+    user_id = _string(body, "user", required=False)
+    user = await svc.directory.get_user(org.id, user_id) if user_id else None
+    conference_id = _string(body, "conference_id", required=False)[:128]
+    try:
+        token, auth = await svc.grants.issue(org, number=number, user=user, conference_id=conference_id)
+    except CreditRefused as exc:
+        r = exc.refusal
+        return web.json_response({"authorized": False, "grant": None, "max_duration_s": None, "rate": None,
+                                  "class": None, "reason": r.reason, "code": r.code, "status": r.status})
+    unlimited = auth.max_duration_s >= UNLIMITED_SECONDS
+    rate = auth.rate
+    return web.json_response({
+        "authorized": True, "grant": token, "max_duration_s": None if unlimited else auth.max_duration_s,
+        "rate": format_money(rate.rate_per_min) if rate is not None and auth.paid_by == "credits" else None,
+        "class": auth.destination.number_class.value, "reason": auth.decision.reason or auth.paid_by,
+        "paid_by": auth.paid_by, "number": auth.destination.number, "expires_in_s": svc.grants.ttl_s,
+        "currency": org.currency}, status=201)
 
 
 # -- credit-control sessions (RFC 4006 over HTTP) ------------------------------------------------

@@ -47,6 +47,7 @@ from gateway.b2bua.stack import BRANCH_PREFIX, SERVED_METHODS, SipStack
 from gateway.config import SipConfig
 from gateway.credit.engine import CreditEngine
 from gateway.credit.errors import CreditRefused
+from gateway.credit.grants import Grants
 from gateway.credit.session import CallSession, CreditExhausted
 from gateway.directory import DIGEST_REALM, Directory, DirectoryCache, Trunk
 from gateway.ledger.client import LedgerError, LedgerUnavailable, utc_now_iso
@@ -165,6 +166,7 @@ class B2BUA:
         config: SipConfig,
         redis: Any = None,
         digest_secret: bytes | None = None,
+        grants: Grants | None = None,
     ) -> None:
         self.stack = stack
         stack.tu = self
@@ -174,6 +176,7 @@ class B2BUA:
         self.redis = redis
         self.challenger = Challenger(digest_secret or secrets.token_bytes(32), DIGEST_REALM)
         self.registrar = Registrar(redis)
+        self.grants = grants
         self.calls: dict[str, Call] = {}
         self._legs: dict[tuple[str, str], tuple[Call, Leg]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -470,9 +473,18 @@ class B2BUA:
             direction = "dialout" if trunk.kind == "bridge" else "outbound"
             conference_id = (request.headers.get("X-Creditgate-Conference") or "")[:128]
             carriers = await self.directory.list_carriers()
-            auth = await self.engine.authorize(
-                org, call_id=call.id, dialed=dialed, user=user, direction=direction,  # type: ignore[arg-type]
-                conference_id=conference_id, caller=user.number if user is not None else (caller or ""))
+            grant = request.headers.get("X-Creditgate-Grant")
+            if grant and self.grants is not None and trunk.kind == "bridge":
+                # A dial-out the bridge was granted over HTTP: bill it against that reservation.
+                auth = await self.grants.claim(grant, org=org, dialed=dialed, user=user)
+                # The call is the grant's reservation: it takes the reservation's id.
+                self.calls.pop(call.id, None)
+                call.id = auth.call_id
+                self.calls[call.id] = call
+            else:
+                auth = await self.engine.authorize(
+                    org, call_id=call.id, dialed=dialed, user=user, direction=direction,  # type: ignore[arg-type]
+                    conference_id=conference_id, caller=user.number if user is not None else (caller or ""))
             call.auth = auth  # from here on, whatever goes wrong releases the reservation with a CDR
             if not carriers:
                 self._refuse(call, 503, "no carrier configured", retry_after=60)

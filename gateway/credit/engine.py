@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from dialplans import Destination, DialplanError, IncompleteNumber, normalize
 
@@ -105,6 +105,8 @@ class CreditEngine:
         self.outage = _Outage()
         # Settlements that could not be written yet: call id -> a retry of the same request.
         self._pending: dict[str, tuple[Authorization, dict[str, Any]]] = {}
+        # More per-organization sweeps for the housekeeping loop (unclaimed dial-out grants).
+        self.sweeps: list[Callable[[str], Awaitable[int]]] = []
 
     # -- authorization --------------------------------------------------------------------
 
@@ -228,6 +230,40 @@ class CreditEngine:
                              decision=verdict, terms=terms, grant=grant, month=month,
                              direction=direction, conference_id=conference_id, fail_open=True)
 
+    async def adopt(
+        self,
+        org: Org,
+        call_id: str,
+        *,
+        number: str,
+        user: User | None,
+        direction: Direction,
+        conference_id: str = "",
+    ) -> Authorization:
+        """The authorization of a reservation made earlier (a dial-out grant), rebuilt from the ledger's
+        record of it: the terms and grant it holds, and what pays as the policy says again."""
+        rec = await self.ledger.call_record(org.id, call_id)
+        month = await self.ledger.call_month(org.id, call_id)
+        if not rec or rec.get("st") != "held" or month is None:
+            raise CreditRefused(refusal("blocked", reason="dial-out grant already used or expired"))
+        destination = normalize(number, org.plan)
+        deck = self.rates.deck
+        rate = deck.lookup(destination.number) if deck is not None and destination.number.startswith("+") else None
+        verdict = decide(destination=destination, rate=rate, org_currency=org.currency, direction=direction,
+                         user_licence=user.licence if user is not None else None,
+                         user_plan=user.plan if user is not None else None,
+                         user_country=user.country if user is not None else None,
+                         blocked_classes=org.blocked_classes, blocked_prefixes=org.blocked_prefixes)
+        if isinstance(verdict, Refusal):
+            raise CreditRefused(verdict)
+        terms = RateTerms(connection_fee=rec["fee"], rate_per_min=rec["rate"], initial_increment_s=rec["inc1"],
+                          subsequent_increment_s=rec["inc2"])
+        grant = Grant(ok=True, reason="ok", granted_s=rec["g"], held=rec["held"], final=rec["fin"] == 1, max_s=0,
+                      balance=0, reserved=0, seq=rec["seq"])
+        return Authorization(call_id=call_id, org=org, user=user, destination=destination, rate=rate,
+                             decision=verdict, terms=terms, grant=grant, month=month, direction=direction,
+                             conference_id=conference_id, seq=rec["seq"])
+
     # -- during the call ------------------------------------------------------------------
 
     async def extend(self, auth: Authorization, *, remaining_s: float | None = None) -> Grant:
@@ -324,6 +360,8 @@ class CreditEngine:
         n = 0
         for org in await self.directory.list_orgs():
             n += len(await self.ledger.expire_due(org.id))
+            for extra in self.sweeps:
+                n += await extra(org.id)
         return n
 
     async def run_housekeeping(self, interval_s: float) -> None:

@@ -93,6 +93,11 @@ class OrgKeys:
         return self._p + "purchases"
 
     @property
+    def grants(self) -> str:
+        """Sorted set: reservation id of an unclaimed dial-out grant -> its expiry (epoch ms)."""
+        return self._p + "grants"
+
+    @property
     def allotments(self) -> str:
         """Hash: '<plan>:<bucket>' -> pooled monthly seconds of the organization."""
         return self._p + "allot"
@@ -134,6 +139,7 @@ class GlobalKeys:
     deck = _p + "deck"  # string: the rate deck as CSV text (all versions)
     deck_version = _p + "deckver"  # integer: bumped on every deck change
     tokens = _p + "tokens"  # hash: sha256(token) -> JSON {org, role, label, created}
+    grant_secret = _p + "grantsecret"  # string: the HMAC secret of dial-out grants, shared by every process
     digest_secret = _p + "digestsecret"  # string: the HMAC secret of SIP digest nonces, shared by every process
     registrations = _p + "reg"  # hash: address-of-record -> JSON contacts with expiry (the registrar)
 

@@ -40,6 +40,7 @@ DECK = """prefix,destination,rate_per_min,currency,initial_increment_s,subsequen
 +4479,UK Mobile,6.00,GBP,1,1,0,
 +1,USA,0.02,GBP,6,6,0,
 +1800,US Toll-Free inbound,0.60,GBP,1,1,0,
++971,United Arab Emirates,0.30,GBP,1,1,0,
 """
 ALICE = "+442079460123"  # a user of acme with a credits licence
 TOLLFREE = "+18005550100"  # acme's toll-free number
