@@ -57,7 +57,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status >= 400:
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-            return _error(exc.status, code, exc.reason)
+            kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}  # RFC 9110: 405 names them
+            return _error(exc.status, code, exc.reason, headers=kept or None)
         raise
     except CreditgateError as exc:
         status = getattr(exc, "status_hint", None)

@@ -215,15 +215,17 @@ def openapi_document() -> dict[str, Any]:
             "/v1/rates/decks": {"post": {
                 "summary": "Import a rate deck (CSV with the SPEC header); rows without a date take ?effective",
                 "description": "Token roles allowed: operator.", "security": [{"bearer": []}],
-                "parameters": [{**q, "name": "effective", "schema": {"type": "string"}}],
+                "parameters": [{**q, "name": "effective", "schema": {"type": "string", "format": "date"}}],
                 "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
                 "responses": {"201": _json({"type": "object"}, "Imported"),
                               **{e: ERRORS[e] for e in ("400", "401", "403", "422", "503")}}}},
             "/v1/rates/quote": {"get": _op(
                 "What a call to a number costs for N minutes", _json(_ref("Quote")), org=False,
                 roles=tuple(TOKEN_ROLES), errors=("401", "404", "422", "503"), params=[
-                    {"name": "number", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "number", "in": "query", "required": True,
+                     "schema": {"type": "string", "pattern": r"^\+?[0-9]{2,20}$"}},
                     {**q, "name": "minutes", "schema": {"type": "integer", "minimum": 0, "maximum": 100000, "default": 1}},
-                    {**q, "name": "country", "schema": {"type": "string"}, "description": "for a nationally dialed number"}])},
+                    {**q, "name": "country", "schema": {"type": "string", "pattern": "^[A-Z]{2}$"},
+                     "description": "for a nationally dialed number"}])},
         },
     }
