@@ -19,17 +19,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _wait_for(proc: subprocess.Popen[str], text: str, timeout: float = 20.0) -> str:
+    """Read the process's stderr until ``text`` appears. Reads the raw descriptor: a buffered
+    readline() may pull several lines at once and leave select() waiting for data already read."""
     seen = ""
     deadline = time.monotonic() + timeout
     assert proc.stderr is not None
+    fd = proc.stderr.fileno()
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+        ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
-            line = proc.stderr.readline()
-            seen += line
-            if text in line:
+            chunk = os.read(fd, 65536).decode(errors="replace")
+            seen += chunk
+            if text in seen:
                 return seen
-        if proc.poll() is not None:
+            if not chunk:
+                break
+        if proc.poll() is not None and not ready:
             break
     raise AssertionError(f"{text!r} not seen; output so far:\n{seen}")
 

@@ -30,6 +30,9 @@ TOKEN: dict[str, str] = {}
 def live_api(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iterator[GatewayProcess]:
     if not redis_server.is_running():
         redis_server.restart()
+    client = redis_server.client()
+    client.flushall()
+    client.close()
     gw = GatewayProcess(tmp_path_factory.mktemp("api-gw"), redis_server.url)
     gw.start()
     try:
