@@ -24,6 +24,7 @@ time runs out the session reports it and both legs get a BYE with
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
@@ -48,7 +49,7 @@ from gateway.config import SipConfig
 from gateway.credit.engine import CreditEngine
 from gateway.credit.errors import CreditRefused
 from gateway.credit.grants import Grants
-from gateway.credit.session import CallSession, CreditExhausted
+from gateway.credit.session import CallSession, CreditExhausted, CreditLow
 from gateway.directory import DIGEST_REALM, Directory, DirectoryCache, Trunk
 from gateway.ledger.client import LedgerError, LedgerUnavailable, utc_now_iso
 from gateway.ledger.keys import GLOBAL
@@ -74,6 +75,7 @@ _RACK_RE = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\S+)\s*$")
 CREDIT_EXHAUSTED_REASON = 'SIP;cause=402;text="credit exhausted"'
 OUTAGE_REASON = 'SIP;cause=503;text="ledger unavailable"'
 SHUTDOWN_REASON = 'SIP;cause=503;text="gateway shutting down"'
+WARNING_CONTENT_TYPE = "application/vnd.creditgate.warning+json"
 
 
 def map_failure(status: int, reason: str) -> tuple[int, str, str | None]:
@@ -642,7 +644,8 @@ class B2BUA:
             a.dialog.state = a.dialog.state.CONFIRMED
         except SipError:
             a.dialog = None  # no Contact: in-dialog requests still follow the flow
-        session = CallSession(self.engine, call.auth, on_exhausted=lambda ev: self._exhausted(call, ev))
+        session = CallSession(self.engine, call.auth, on_exhausted=lambda ev: self._exhausted(call, ev),
+                              on_low=lambda ev: self._credit_low(call, ev))
         call.session = session
         session.answered(self.stack.now())
         headers = passthrough(response.headers, drop=frozenset({"content-type"}))
@@ -742,6 +745,18 @@ class B2BUA:
         header = OUTAGE_REASON if event.reason == "ledger_outage" else CREDIT_EXHAUSTED_REASON
         self._log(call, logging.INFO, "paid time over after %d s (%s): hanging up both legs", event.paid_s, event.reason)
         self._teardown(call, end_reason=event.reason, reason_header=header)
+
+    def _credit_low(self, call: Call, event: CreditLow) -> None:
+        """Tell the caller's side (the bridge, the PBX) the call ends soon: an INFO in its dialog."""
+        a = call.a
+        if call.ended or a.dialog is None:
+            return
+        body = json.dumps({"event": "credit_low", "remaining_s": round(event.remaining_s),
+                           "call_id": call.id}).encode()
+        info = a.dialog.new_request("INFO", via=self.stack.via(a.transport), body=body,
+                                    content_type=WARNING_CONTENT_TYPE)
+        self._log(call, logging.INFO, "credit low: %.0f s left, INFO sent to the caller", event.remaining_s)
+        self.stack.send_request(info, a.peer, a.transport, context=("warning", call))
 
     def _teardown(self, call: Call, *, end_reason: str, reason_header: str | None) -> None:
         """The gateway ends an answered call: BYE to both legs."""

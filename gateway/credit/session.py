@@ -29,7 +29,7 @@ from rating_core import UNLIMITED_SECONDS
 
 from gateway.credit.engine import Authorization, CreditEngine
 
-__all__ = ["CallSession", "CreditExhausted", "Deadlines", "plan_deadlines", "renewal_lead"]
+__all__ = ["CallSession", "CreditExhausted", "CreditLow", "Deadlines", "plan_deadlines", "renewal_lead"]
 
 log = logging.getLogger("creditgate.credit")
 
@@ -41,6 +41,14 @@ class CreditExhausted:
     call_id: str
     reason: str  # 'credit_exhausted' or 'ledger_outage'
     paid_s: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreditLow:
+    """The paid time of an answered call ends in ``remaining_s`` and no more can be had (a final grant)."""
+
+    call_id: str
+    remaining_s: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,12 +92,16 @@ class CallSession:
         auth: Authorization,
         *,
         on_exhausted: Callable[[CreditExhausted], None],
+        on_low: Callable[[CreditLow], None] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         jitter: float | None = None,
     ) -> None:
         self.engine = engine
         self.auth = auth
         self._on_exhausted = on_exhausted
+        self._on_low = on_low
+        self._warn_handle: asyncio.TimerHandle | None = None
+        self.warned = False
         self._loop = loop or asyncio.get_running_loop()
         chunk = engine.config.debit_interval_s
         self.chunk_s = chunk
@@ -123,10 +135,10 @@ class CallSession:
     def stop(self) -> None:
         """The call ended (either side hung up): disarm everything."""
         self.stopped = True
-        for handle in (self._renew_handle, self._end_handle):
+        for handle in (self._renew_handle, self._end_handle, self._warn_handle):
             if handle is not None:
                 handle.cancel()
-        self._renew_handle = self._end_handle = None
+        self._renew_handle = self._end_handle = self._warn_handle = None
 
     # -- deadlines ------------------------------------------------------------------------
 
@@ -140,6 +152,11 @@ class CallSession:
                 handle.cancel()
         self._renew_handle = self._loop.call_at(d.renew_at, self._renew) if d.renew_at is not None else None
         self._end_handle = self._loop.call_at(d.end_at, self._end) if d.end_at is not None else None
+        # SPEC 4: optionally warn the caller's side some seconds before a final grant runs out.
+        before = self.engine.config.warning_before_s
+        if (self._on_low is not None and before > 0 and d.renew_at is None and d.end_at is not None
+                and not self.warned and self._warn_handle is None):
+            self._warn_handle = self._loop.call_at(max(d.end_at - before, self._loop.time()), self._warn)
 
     def _renew(self) -> None:
         self._renew_handle = None
@@ -156,6 +173,14 @@ class CallSession:
             log.exception("renewal of %s failed", self.auth.call_id, extra={"call_id": self.auth.call_id})
         if not self.stopped:
             self._arm()
+
+    def _warn(self) -> None:
+        self._warn_handle = None
+        if self.stopped or self.warned or self.answered_at is None or self._on_low is None:
+            return
+        self.warned = True
+        remaining = self.answered_at + self.auth.granted_s - self._loop.time()
+        self._on_low(CreditLow(call_id=self.auth.call_id, remaining_s=max(remaining, 0.0)))
 
     def _end(self) -> None:
         self._end_handle = None

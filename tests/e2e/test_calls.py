@@ -238,3 +238,22 @@ def test_200_simultaneous_calls_share_one_small_balance_and_never_overdraw_it(wo
     assert world.reconciles()
     rc = world.gw.cli("reconcile", "acme")
     assert rc.returncode == 0, rc.stdout + rc.stderr
+
+
+@pytest.mark.gateway_settings({"credit": {"warning_before_s": 2}})
+def test_caller_is_warned_by_info_before_the_credit_runs_out(world: World, sipp_factory: Factory) -> None:
+    world.fund("acme", 550_000)  # 5 s paid, as above
+    carrier = _carrier(world, sipp_factory, calls=1)
+    pbx = _pbx(world, sipp_factory, SippScenario.UAC_LONG_CALL_EXPECT_BYE, MOBILE, timeout_s=20)
+    assert pbx.run() == 0, pbx.diagnostics()
+    (info,) = pbx.log_records("info")
+    (bye,) = pbx.log_records("bye")
+    ahead_ms = int(bye["clock_ms"]) - int(info["clock_ms"])
+    # warning_before_s ahead of the BYE, or as soon as the grant turned final when that came later
+    assert 1300 <= ahead_ms <= 2200, ahead_ms
+    (msg,) = pbx.messages(method="INFO", direction="received")
+    assert msg.header("Content-Type") == "application/vnd.creditgate.warning+json"
+    assert '"event": "credit_low"' in msg.body
+    assert carrier.wait(10) == 0, carrier.diagnostics()
+    (cdr,) = world.wait_settled(1)
+    assert cdr["end_reason"] == "credit_exhausted" and world.reconciles()
