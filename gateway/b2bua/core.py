@@ -311,10 +311,18 @@ class B2BUA:
             self._answer(txn, request, 482, headers=[("Warning", f'399 {self.stack.hostport} "loop detected"')])
             return
         key = (request.call_id, request.from_tag or "")
-        if key in self._legs:
-            # Same Call-ID and From tag, another branch: a merged request (RFC 3261 §8.2.2.2).
-            self._answer(txn, request, 482)
-            return
+        known = self._legs.get(key)
+        if known is not None:
+            earlier = known[1].invite
+            if earlier is not None and earlier.cseq.seq >= request.cseq.seq:
+                # Same Call-ID, From tag and CSeq on another branch: a merged request (RFC 3261
+                # §8.2.2.2), or an old one. A higher CSeq is a new attempt (a retry with credentials
+                # after 407, §22.2), allowed once the earlier one ended.
+                self._answer(txn, request, 482)
+                return
+            if not known[0].ended:
+                self._answer(txn, request, 482)
+                return
         now = self.stack.now()
         a = Leg(name="a", call_id=request.call_id, local_tag=secrets.token_hex(6), peer=txn.peer,
                 transport=txn.transport, invite=request, invite_txn=txn)
