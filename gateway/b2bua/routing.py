@@ -17,7 +17,7 @@ from dialplans import DialplanError, normalize
 from gateway.directory import Carrier, Directory, DirectoryCache, Org, TollFree, Trunk, User
 from gateway.sip.errors import ParseError
 from gateway.sip.message import Request
-from gateway.sip.uri import SipUri, parse_name_addr, unescape
+from gateway.sip.uri import SipUri, Uri, parse_name_addr, unescape
 
 __all__ = ["Origin", "identify_source", "calling_number", "dialed_digits", "find_user", "target_address"]
 
@@ -65,9 +65,13 @@ def _user_part(value: str | None) -> str | None:
     if not value:
         return None
     try:
-        uri = parse_name_addr(value).uri
+        return _uri_user(parse_name_addr(value).uri)
     except ParseError:
         return None
+
+
+def _uri_user(uri: Uri) -> str | None:
+    """A SIP URI's user part (unescaped, user parameters cut), or a tel: URI's number."""
     if isinstance(uri, SipUri):
         user = uri.user_unescaped
         return user.split(";", 1)[0] if user else None
@@ -87,13 +91,7 @@ def calling_number(request: Request) -> str | None:
 
 def dialed_digits(request: Request) -> str | None:
     """What was dialed: the Request-URI's user part (with visual separators as sent)."""
-    uri = request.uri
-    if isinstance(uri, SipUri):
-        user = uri.user_unescaped
-        return user.split(";", 1)[0] if user else None
-    if uri.scheme == "tel":
-        return unescape(str(uri)[4:]).split(";", 1)[0]
-    return None
+    return _uri_user(request.uri)
 
 
 async def find_user(directory: Directory | DirectoryCache, org: Org, number: str | None) -> User | None:

@@ -105,6 +105,14 @@ class World:
             time.sleep(0.05)
 
 
+def wait_answered(uac: Any, timeout: float = 10.0) -> None:
+    """Until a SIPp long-call UAC logged its answer (uac_long_call_expect_bye's ``answered`` line)."""
+    deadline = time.monotonic() + timeout
+    while not uac.log_records("answered"):
+        assert time.monotonic() < deadline, uac.diagnostics()
+        time.sleep(0.02)
+
+
 async def _seed(svc: Any, pbx_port: int, carrier_port: int, bridge_port: int) -> None:
     d = svc.directory
     acme, _ = await d.create_org("Acme", country="GB", currency="GBP")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, UNIT, make_world
+from conftest import ALICE, UNIT, make_world, wait_answered
 
 try:
     from _procs import RedisProcess
@@ -38,10 +38,7 @@ def test_live_call_survives_the_grace_then_ends_and_is_settled_once_redis_is_bac
                                    timeout_s=40).start()
             pbx = sipp_factory(SippScenario.UAC_LONG_CALL_EXPECT_BYE, remote=world.sip, local_port=world.pbx_port,
                                calls=1, timeout_s=40, injection=[(ALICE, MOBILE)]).start()
-            deadline = time.monotonic() + 10
-            while not pbx.log_records("answered"):
-                assert time.monotonic() < deadline, pbx.diagnostics()
-                time.sleep(0.02)
+            wait_answered(pbx)
             redis.kill()  # before the first renewal (a lead of 1.5 to 3 s before the 6 s chunk ends)
             # A new call while the ledger is down: fail closed, at once, with Retry-After (even the
             # trunk cannot be identified without the ledger's directory).

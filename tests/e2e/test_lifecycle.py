@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, UNIT, World, make_world
+from conftest import ALICE, UNIT, World, make_world, wait_answered
 
 from gateway.b2bua.core import SHUTDOWN_REASON
 
@@ -29,10 +28,7 @@ def test_sigterm_refuses_new_calls_then_ends_and_settles_the_live_ones(world: Wo
     carrier = sipp_factory(SippScenario.UAS_ANSWER, local_port=world.carrier_port, calls=1, timeout_s=30).start()
     live = sipp_factory(SippScenario.UAC_LONG_CALL_EXPECT_BYE, remote=world.sip, local_port=world.pbx_port,
                         calls=1, timeout_s=30, injection=[(ALICE, LONDON)]).start()
-    deadline = time.monotonic() + 10
-    while not live.log_records("answered"):
-        assert time.monotonic() < deadline, live.diagnostics()
-        time.sleep(0.02)
+    wait_answered(live)
     assert world.gw.proc is not None
     world.gw.proc.send_signal(signal.SIGTERM)
     world.gw.wait_log("stopping: no new calls")
