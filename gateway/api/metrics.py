@@ -38,21 +38,29 @@ class _Collector:
         lag.add_metric([], self.b2bua.load.lag_s)
         yield lag
         sip_in = CounterMetricFamily("creditgate_sip_requests_received", "SIP requests received", labels=["method"])
+        sip_resp = CounterMetricFamily("creditgate_sip_responses_received", "SIP responses received",
+                                       labels=["status"])
         refused = CounterMetricFamily("creditgate_sip_refused", "Requests answered with an error or dropped",
                                       labels=["stage", "status"])
         for key, n in self.b2bua.stack.counters.items():
             if key.startswith("in_"):
                 sip_in.add_metric([key[3:]], n)
+            elif key.startswith("resp_"):
+                sip_resp.add_metric([key[5:]], n)
             elif key.startswith("refused_"):
                 refused.add_metric(["parse", key[8:]], n)
             elif key == "dropped":
                 refused.add_metric(["parse", "dropped"], n)
         answered = CounterMetricFamily("creditgate_calls_answered", "Calls answered", labels=["paid_by", "class"])
         ended = CounterMetricFamily("creditgate_calls_ended", "Calls ended (settled)", labels=["reason"])
+        refusals = CounterMetricFamily("creditgate_authorizations_refused", "Calls the credit engine refused",
+                                       labels=["reason"])
         other = CounterMetricFamily("creditgate_b2bua_events", "Other B2BUA events", labels=["event"])
         for key, n in self.b2bua.counters.items():
             if key.startswith("refused_"):
                 refused.add_metric(["call", key[8:]], n)
+            elif key.startswith("refusal_"):
+                refusals.add_metric([key[8:]], n)
             elif key.startswith("ended_"):
                 ended.add_metric([key[6:]], n)
             elif key.startswith("answered_"):
@@ -60,7 +68,7 @@ class _Collector:
                 answered.add_metric([paid, cls], n)
             else:
                 other.add_metric([key], n)
-        yield from (sip_in, refused, answered, ended, other)
+        yield from (sip_in, sip_resp, refused, refusals, answered, ended, other)
 
 
 class Metrics:

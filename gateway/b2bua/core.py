@@ -368,6 +368,7 @@ class B2BUA:
             await self._authorize_and_route(call, request)
         except CreditRefused as exc:
             r = exc.refusal
+            self._count(f"refusal_{r.code}")
             if not call.ended:
                 self._refuse(call, r.status, r.reason, retry_after=r.retry_after)
         except LedgerUnavailable:

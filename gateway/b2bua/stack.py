@@ -170,6 +170,7 @@ class SipStack:
                 return
             out = self.layer.receive_request(msg, source, transport, now)
         else:
+            self._count(f"resp_{msg.status}")
             try:
                 check_response(msg, as_uac=True)
             except SipError as exc:

@@ -257,3 +257,24 @@ def test_caller_is_warned_by_info_before_the_credit_runs_out(world: World, sipp_
     assert carrier.wait(10) == 0, carrier.diagnostics()
     (cdr,) = world.wait_settled(1)
     assert cdr["end_reason"] == "credit_exhausted" and world.reconciles()
+
+
+def test_metrics_count_calls_refusals_and_sip_traffic(world: World, sipp_factory: Factory, tmp_path) -> None:
+    import urllib.request
+
+    carrier = _carrier(world, sipp_factory, calls=1)
+    refused = _pbx(world, sipp_factory, expect_status_scenario(402, directory=tmp_path), LONDON)
+    assert refused.run() == 0, refused.diagnostics()
+    world.fund("acme", 100 * UNIT)
+    ok = _pbx(world, sipp_factory, SippScenario.UAC_CALL, LONDON, duration_ms=200)
+    assert ok.run() == 0, ok.diagnostics()
+    assert carrier.wait(10) == 0
+    world.wait_settled(1)
+    with urllib.request.urlopen(f"http://127.0.0.1:{world.gw.http_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for line in ('creditgate_authorizations_refused_total{reason="no_credit"} 1.0',
+                 'creditgate_calls_answered_total{class="domestic_fixed",paid_by="credits"} 1.0',
+                 'creditgate_calls_ended_total{reason="normal"} 1.0',
+                 'creditgate_sip_requests_received_total{method="INVITE"} 2.0',
+                 'creditgate_sip_responses_received_total{status="200"} 2.0'):
+        assert line in text, line
