@@ -53,6 +53,7 @@ __all__ = [
     "write_teams_csv",
     "write_totals_csv",
     "write_xlsx",
+    "XLSX_MAX_ROWS",
     "money_format",
     "SHEET_TITLES",
 ]
@@ -316,7 +317,7 @@ class _Counter:
 
 _TIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
 _DAY_FORMAT = "yyyy-mm-dd"
-_WIDTHS = {"text": 16, "time": 20, "int": 10, "bool": 9, "money": 16}
+_WIDTHS = {"text": 16, "time": 20, "day": 12, "int": 10, "bool": 9, "money": 16}
 
 
 def money_format(currency: str) -> str:
@@ -373,7 +374,7 @@ class _Sheet:
         if fmt is None:
             fmt = self._money_formats[currency] = money_format(currency)
         for kind, cell, v in zip(self.kinds, self.cells, values):
-            if v is None:
+            if v is None or v == "":
                 out.append(None)
             elif cell is None:
                 out.append(_clean(v) if kind == "text" else v)
@@ -393,6 +394,8 @@ class _Sheet:
 
 
 _CURRENCY_INDEX = [h for h, _ in CSV_COLUMNS].index("currency")
+# Data rows of one worksheet: Excel's 1,048,576 rows less the header.
+XLSX_MAX_ROWS = 1_048_575
 
 
 async def write_xlsx(
@@ -400,20 +403,28 @@ async def write_xlsx(
     out: str | Path | BinaryIO | IO[bytes],
     *,
     groupings: Iterable[Grouping] = GROUPINGS,
+    sheet_rows: int = XLSX_MAX_ROWS,
 ) -> int:
     """Write an xlsx workbook to ``out`` (a path or a binary file); returns the number of rows.
 
-    Sheets: "Calls" (``CSV_COLUMNS``, typed cells), then "By user", "By destination", "By day" (or
-    the ``groupings`` asked for): the key, then ``TOTAL_COLUMNS``; days are date cells.
+    Sheets: "Calls" (``CSV_COLUMNS``, typed cells; past ``sheet_rows`` calls, the next ones go on
+    "Calls 2", "Calls 3", ...: a worksheet holds at most 1,048,576 rows), then "By user",
+    "By destination", "By day" (or the ``groupings`` asked for): the key, then ``TOTAL_COLUMNS``;
+    days are date cells.
     """
     wanted = tuple(check_grouping(g) for g in groupings)
     totals = Totals(tuple(g for g in wanted if g is not None))
+    per_sheet = max(1, min(int(sheet_rows), XLSX_MAX_ROWS))
     wb = Workbook(write_only=True)
     calls = _Sheet(wb, SHEET_TITLES["rows"], CSV_COLUMNS)
+    n = 0
     async for row in _each(rows):
+        if calls.rows == per_sheet:
+            calls = _Sheet(wb, f"{SHEET_TITLES['rows']} {n // per_sheet + 1}", CSV_COLUMNS)
         values = _typed(row)
         calls.append(values, values[_CURRENCY_INDEX])
         totals.add(row)
+        n += 1
     for by in totals.groupings:
         key_kind = "day" if by == "day" else "text"
         sheet = _Sheet(wb, SHEET_TITLES[by], ((by, key_kind), *TOTAL_COLUMNS))
@@ -422,4 +433,4 @@ async def write_xlsx(
             sheet.append((key, t.currency, t.calls, t.answered, t.billed_s, t.minutes_s, t.charge, t.uncollected),
                          t.currency)
     wb.save(out)
-    return calls.rows
+    return n
