@@ -471,6 +471,122 @@ def calls(
 
 
 @app.command()
+def usage(
+    org: Annotated[str, typer.Argument(help="Organization id or name.")],
+    from_: FromOpt = None,
+    to: ToOpt = None,
+    user: Annotated[Optional[str], typer.Option("--user", help="Only this user's calls.")] = None,
+    by: Annotated[Optional[str], typer.Option("--by", help="Totals by user, destination or day.")] = None,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write CSV to this file ('-': stdout).")] = None,
+    xlsx_file: Annotated[Optional[Path], typer.Option("--xlsx", help="Write an Excel workbook to this file.")] = None,
+    teams_file: Annotated[Optional[Path], typer.Option(
+        "--teams-csv", help="Write the calls as the Teams PSTN usage export CSV ('-': stdout).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """PSTN usage report: every call started in the range, or totals by user, destination or day."""
+    from gateway.reports import export
+    from gateway.reports.usage import aggregate, check_grouping, parse_range, usage_rows
+
+    async def body(svc: Services) -> None:
+        files = [(kind, path) for kind, path in (("csv", csv_file), ("xlsx", xlsx_file), ("teams-csv", teams_file))
+                 if path is not None]
+        if len(files) > 1:
+            _fail("choose one of --csv, --xlsx and --teams-csv")
+        kind, path = files[0] if files else (None, None)
+        grouping = check_grouping(by)
+        if kind == "teams-csv" and grouping is not None:
+            _fail("--teams-csv lists calls: it does not take --by")
+        if kind == "xlsx" and str(path) == "-":
+            _fail("--xlsx needs a file name")
+        start, end = parse_range(from_, to)
+        o = await svc.directory.resolve_org(org)
+        rows = usage_rows(svc.ledger, o.id, start=start, end=end, user=user)
+        summary: dict[str, Any] = {"org": o.id, "from": iso(start) if start is not None else None,
+                                   "to": iso(end) if end is not None else None, "user": user or None}
+        if kind is not None and path is not None:
+            data = await _write_usage(kind, path, rows, grouping, country=o.country)
+            if str(path) != "-":
+                data = {**summary, **data}
+                _emit(as_json, data, f"wrote {data['calls']} calls to {data['file']} ({kind})")
+            return
+        if grouping is not None:
+            totals = [t.to_dict() for t in await aggregate(rows, grouping)]
+
+            def totals_table() -> None:
+                t = Table(grouping, "currency", "calls", "answered", "billed s", "plan min s", "charge")
+                for r in totals:
+                    t.add_row(r[grouping] or "-", r["currency"], str(r["calls"]), str(r["answered"]),
+                              str(r["billed_s"]), str(r["minutes_s"]), r["charge"])
+                out.print(t)
+
+            _emit(as_json, totals, totals_table)
+            return
+        if as_json:
+            async for chunk in export.iter_json(rows):
+                sys.stdout.write(chunk)
+            return
+        table = Table("start", "call", "user", "callee", "destination", "class", "billed s", "charge", "paid",
+                      "end reason")
+        sums: dict[str, int] = {}
+        async for r in rows:
+            table.add_row(r.call_time.strftime("%Y-%m-%d %H:%M:%S"), r.call_id, r.user or "-", r.callee,
+                          r.destination or "-", r.number_class, str(r.billed_s), f"{format_money(r.charge)} {r.currency}",
+                          r.paid, r.end_reason)
+            sums[r.currency] = sums.get(r.currency, 0) + r.charge
+        out.print(table)
+        spent = ", ".join(f"{format_money(v)} {c}" for c, v in sorted(sums.items())) or "nothing"
+        out.print(f"{table.row_count} calls; charged {spent}", markup=False)
+
+    _run(config, body)
+
+
+async def _write_usage(kind: str, path: Path, rows: Any, grouping: str | None, *, country: str) -> dict[str, Any]:
+    """Write one export to ``path`` ('-': stdout); a file is written under a temporary name and
+    renamed when complete, so a failed export leaves no partial file behind."""
+    from gateway.reports import export
+    from gateway.reports.usage import Totals
+
+    data: dict[str, Any] = {"file": str(path), "format": kind}
+
+    async def text(fh: Any) -> int:
+        if kind == "teams-csv":
+            return await export.write_teams_csv(rows, fh, user_location=country)
+        if grouping is None:
+            return await export.write_csv(rows, fh)
+        totals = Totals((grouping,))  # type: ignore[arg-type]
+        n = 0
+        async for r in rows:
+            totals.add(r)
+            n += 1
+        result = totals.result(grouping)  # type: ignore[arg-type]
+        data.update(by=grouping, groups=len(result))
+        await export.write_totals_csv(result, grouping, fh)
+        return n
+
+    if str(path) == "-":
+        data["calls"] = await text(sys.stdout)
+        return data
+    target = path.expanduser()
+    if target.is_dir():
+        raise InvalidInput(f"{target} is a directory", kind)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        if kind == "xlsx":
+            data["calls"] = await export.write_xlsx(rows, partial)
+        else:
+            with partial.open("w", newline="", encoding="utf-8") as fh:
+                data["calls"] = await text(fh)
+        partial.replace(target)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {target}: {exc.strerror or exc}", kind) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    data["file"] = str(target)
+    return data
+
+
+@app.command()
 def reconcile(
     org: Annotated[str, typer.Argument(help="Organization id or name.")],
     config: ConfigOpt = None,
