@@ -46,6 +46,18 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+def _reraise_cancel() -> None:
+    """Re-raise a cancellation that a library turned into another error.
+
+    A task cancelled while redis-py waits inside ``asyncio.timeout`` can see the cancellation
+    come out as ``TimeoutError``, or not at all (CPython 3.11); a polling loop would then never
+    stop. The task still counts the request (``cancelling()``), so honour it here.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -85,6 +97,7 @@ class OrgStreamConsumer:
         # (org, entry id) -> (monotonic time due, failures so far, fields)
         self._retry: dict[tuple[str, str], tuple[float, int, dict[str, str]]] = {}
         self._next_claim = 0.0
+        self._org_locks: dict[str, asyncio.Lock] = {}
 
     # -- running --------------------------------------------------------------------------
 
@@ -95,8 +108,10 @@ class OrgStreamConsumer:
                 try:
                     await self.poll()
                 except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                    _reraise_cancel()
                     log.warning("%s: Redis unavailable (%s); retrying", self.group, exc)
                 await asyncio.sleep(self.poll_interval_s)
+                _reraise_cancel()
         finally:
             tasks = list(self._in_flight.values())
             for t in tasks:
@@ -203,12 +218,17 @@ class OrgStreamConsumer:
         return 1
 
     async def _handle(self, org: str, eid: str, fields: dict[str, str]) -> None:
-        async with self._sem:
+        # One entry of an organization at a time, in the order started (asyncio.Lock is FIFO):
+        # its admins read "recharge failed" before "balance reached zero". Organizations run in
+        # parallel, up to ``concurrency``.
+        lock = self._org_locks.setdefault(org, asyncio.Lock())
+        async with lock, self._sem:
             try:
                 done = await self.handler(org, eid, fields)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                _reraise_cancel()
                 log.exception("%s: handling entry %s of %s failed; will retry", self.group, eid, org)
                 done = False
             if done:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import wait_until
+from _payment_server import wait_until
 
 from gateway.funding import RechargeWorker, TestProvider, purchase_key
 from gateway.funding.providers import HttpProvider
