@@ -349,7 +349,7 @@ def fund(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add funds to an organization's balance (at least its minimum funding)."""
+    """Add funds to an organization's balance (at least its minimum funding); a purchase if a payment provider is set."""
     from gateway.funding import fund_once
 
     async def body(svc: Services) -> None:

@@ -147,6 +147,20 @@ class SmtpConfig:
     password: str = ""
     starttls: bool = False
     timeout_s: float = 10.0
+    # The outbox sender: how often it looks for new notifications, how it backs off while the
+    # SMTP server is unreachable, and after how long another process takes over the entries of
+    # a sender that died.
+    poll_interval_s: float = 1.0
+    retry_backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    claim_idle_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError("[smtp] port must be 1 to 65535")
+        for name in ("timeout_s", "poll_interval_s", "retry_backoff_s", "max_backoff_s", "claim_idle_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[smtp] {name} must be positive")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,8 +169,25 @@ class PaymentsConfig:
     url: str = ""
     test_outcome: str = "succeed"
     timeout_s: float = 10.0
+    # HTTP provider: further attempts of one request after a timeout or a 5xx, the first after
+    # backoff_s, each next one after twice as long (the same idempotency key every time).
+    retries: int = 3
+    backoff_s: float = 0.5
+    # Auto-recharge worker: purchases whose provider stays unreachable are tried this many times
+    # in all, recharge_backoff_s apart (doubling), then recorded as failed. A decline is final.
+    recharge_attempts: int = 3
+    recharge_backoff_s: float = 30.0
+    poll_interval_s: float = 1.0
+    claim_idle_s: float = 300.0
 
     def __post_init__(self) -> None:
+        for name in ("timeout_s", "backoff_s", "recharge_backoff_s", "poll_interval_s", "claim_idle_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[payments] {name} must be positive")
+        if self.retries < 0:
+            raise ConfigError("[payments] retries must not be negative")
+        if self.recharge_attempts < 1:
+            raise ConfigError("[payments] recharge_attempts must be at least 1")
         if self.provider not in ("manual", "http", "test"):
             raise ConfigError("[payments] provider must be manual, http or test")
         if self.test_outcome not in ("succeed", "decline", "timeout"):

@@ -146,7 +146,7 @@ class Balance:
 
 # Twins of R, CALL_FIELDS and ACCT_FIELDS in _lib.lua: results and states are packed integers.
 REASONS = ("ok", "final", "no_credit", "no_minutes", "concurrency", "daily_limit", "unknown_call", "settled",
-           "bad_seq", "not_due", "gone", "too_large", "bad_amount", "fail_open")
+           "bad_seq", "not_due", "gone", "too_large", "bad_amount", "fail_open", "declined")
 _RESULT = struct.Struct("<9q")
 _CALL = struct.Struct("<%dq" % len(CALL_FIELDS))
 _ACCT = struct.Struct("<%dq" % len(ACCT_FIELDS))

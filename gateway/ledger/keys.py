@@ -98,6 +98,15 @@ class OrgKeys:
         return self._p + "grants"
 
     @property
+    def purchase_attempts(self) -> str:
+        """Hash: purchases stream entry id -> provider attempts made so far (bounded retries)."""
+        return self._p + "purchase:attempts"
+
+    def outbox_sent(self, entry_id: str) -> str:
+        """Set with a TTL: the addresses one outbox entry was already mailed to (no duplicates)."""
+        return self._p + "outbox:sent:" + entry_id
+
+    @property
     def allotments(self) -> str:
         """Hash: '<plan>:<bucket>' -> pooled monthly seconds of the organization."""
         return self._p + "allot"

@@ -146,7 +146,7 @@ end
 -- table is mirrored in gateway/ledger/client.py (REASONS).
 local R = {ok = 0, final = 1, no_credit = 2, no_minutes = 3, concurrency = 4, daily_limit = 5,
            unknown_call = 6, settled = 7, bad_seq = 8, not_due = 9, gone = 10, too_large = 11,
-           bad_amount = 12, fail_open = 13}
+           bad_amount = 12, fail_open = 13, declined = 14}
 local RESULT = '<i8i8i8i8i8i8i8i8i8'
 
 local function enc(t)
