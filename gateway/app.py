@@ -24,6 +24,7 @@ from gateway.b2bua.core import B2BUA
 from gateway.b2bua.stack import SipStack
 from gateway.config import Config
 from gateway.directory import DirectoryCache
+from gateway.funding import start_funding_tasks
 from gateway.ledger.client import LedgerUnavailable
 from gateway.ledger.embedded import ensure_redis
 from gateway.ledger.keys import GLOBAL
@@ -95,12 +96,16 @@ async def serve(svc: Services, stop: asyncio.Event, *, reuse_port: bool = False)
     housekeeping = asyncio.ensure_future(svc.engine.run_housekeeping(svc.config.credit.sweep_interval_s))
     b2bua = await start_sip(svc, reuse_port=reuse_port)
     http = await start_http(svc, b2bua=b2bua, reuse_port=reuse_port)
+    funding = start_funding_tasks(svc)  # auto-recharge purchases and the admins' mail, off the call path
     log.info("creditgate ready: ledger at %s (data_dir %s)", svc.url, svc.config.data_dir)
     try:
         await stop.wait()
         log.info("stopping: no new calls; draining %d live calls", b2bua.live_calls)
         await b2bua.drain(svc.config.sip.drain_timeout_s)
     finally:
+        for task in funding:
+            task.cancel()
+        await asyncio.gather(*funding, return_exceptions=True)
         await http.cleanup()
         b2bua.stack.close()
         if isinstance(b2bua.directory, DirectoryCache):

@@ -18,6 +18,7 @@ from gateway.api.metrics import Metrics
 from gateway.api.openapi import openapi_document
 from gateway.api.routes import routes
 from gateway.errors import ConfigError, CreditgateError, InvalidInput, NotFound
+from gateway.funding.providers import PaymentError
 from gateway.ledger.client import LedgerUnavailable
 
 __all__ = ["make_app", "start_http"]
@@ -45,7 +46,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(exc.status_code, exc.code, exc.message, field=exc.field,
                       headers={k: v for k, v in exc.headers.items() if k.lower() == "www-authenticate"})
     except InvalidInput as exc:
-        return _error(422, "invalid", str(exc), field=exc.field)
+        status = exc.status_hint if 400 <= exc.status_hint < 500 else 422
+        return _error(status, "invalid" if status == 422 else "refused", str(exc), field=exc.field)
+    except PaymentError as exc:  # the payment provider declined with an error, or did not answer
+        return _error(exc.status_hint, "payment_provider", str(exc),
+                      headers={"Retry-After": "30"} if exc.status_hint == 503 else None)
     except NotFound as exc:
         return _error(404, "not_found", str(exc))
     except (LedgerUnavailable, RedisError):

@@ -163,9 +163,15 @@ def openapi_document() -> dict[str, Any]:
             "/openapi.json": {"get": {"summary": "This document", "parameters": [],
                                       "responses": {"200": _json({"type": "object"})}}},
             "/v1/orgs/{org}/balance": {"get": _op("Balance, reservations of live calls, available", _json(_ref("Balance")), roles=read)},
-            "/v1/orgs/{org}/funding": {"post": _op("Fund the balance once (at least the minimum funding)",
-                                                   _json(_ref("Funding"), "Funded"), roles=money,
-                                                   body=_ref("FundingRequest"), status="201")},
+            "/v1/orgs/{org}/funding": {"post": _op(
+                "Fund the balance once (at least the minimum funding); a purchase through the payment "
+                "provider when one is configured", _json(_ref("Funding"), "Funded"), roles=money,
+                body=_ref("FundingRequest"), status="201")
+                | {"responses": {"201": _json(_ref("Funding"), "Funded"), **ERRORS,
+                                 "402": _json(_ref("Error"), "The payment provider declined"),
+                                 "501": _json(_ref("Error"), "No such payment provider configured"),
+                                 "502": _json(_ref("Error"), "The payment provider failed"),
+                                 "503": _json(_ref("Error"), "The ledger or the payment provider is unreachable")}}},
             "/v1/orgs/{org}/auto-recharge": {
                 "get": _op("Auto-recharge settings", _json(_ref("AutoRecharge")), roles=read),
                 "put": _op("Turn auto-recharge on (threshold, amount) or off (enabled: false)",
@@ -182,6 +188,20 @@ def openapi_document() -> dict[str, Any]:
                            _json({"type": "array", "items": _ref("User")}), roles=read),
                 "post": _op("Add or update a user", _json(_ref("User"), "Created"), roles=admin,
                             body=_ref("UserCreate"), status="201")},
+            "/v1/orgs/{org}/usage": {"get": _op(
+                "PSTN usage report: every call started in the range (or totals by user, destination or day)",
+                {"description": "JSON rows or totals; CSV or xlsx as a file", "content": {
+                    "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                    "text/csv": {"schema": {"type": "string"}},
+                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
+                        "schema": {"type": "string", "format": "binary"}}}},
+                roles=read, errors=("401", "403", "404", "422", "503"), params=[
+                    {**q, "name": "from", "schema": {"type": "string", "format": "date"}},
+                    {**q, "name": "to", "schema": {"type": "string", "format": "date"}},
+                    {**q, "name": "user", "schema": {"type": "string"}},
+                    {**q, "name": "by", "schema": {"type": "string", "enum": ["user", "destination", "day"]}},
+                    {**q, "name": "format", "schema": {"type": "string", "enum": ["json", "csv", "xlsx"],
+                                                      "default": "json"}}])},
             "/v1/orgs/{org}/calls": {"get": _op("Live calls", _json({"type": "array", "items": _ref("LiveCall")}), roles=read)},
             "/v1/orgs/{org}/tokens": {"post": _op("Create an API token (shown once, stored hashed)",
                                                   _json(_ref("Token"), "Created"), roles=admin,
