@@ -8,7 +8,6 @@ answer is a 5xx and that every status, content type and body matches the documen
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
