@@ -254,7 +254,7 @@ class B2BUA:
         if found is None:
             return
         call, leg = found
-        if leg is not call.a:
+        if leg is not call.a or not self._from_party(leg, source):
             return
         leg.acked = True
         if call.defer_b_ack and call.b_ack is None and call.b is not None and call.b.dialog is not None:
@@ -682,8 +682,19 @@ class B2BUA:
 
     # -- in-dialog ------------------------------------------------------------------------
 
+    @staticmethod
+    def _from_party(leg: Leg, source: tuple[str, int]) -> bool:
+        """Whether ``source`` is the host this leg talks to: Call-ID and tags travel in the clear, so
+        knowing them must not be enough to hang up or re-route someone else's call."""
+        return source[0].strip("[]").lower() == leg.peer[0].strip("[]").lower()
+
     def _in_dialog(self, call: Call, leg: Leg, txn: ServerTransaction, request: Request) -> None:
         method = request.method
+        if not self._from_party(leg, txn.peer):
+            self._count("dialog_foreign_source")
+            log.warning("%s for call %s from %s:%s, not from its party: refused", method, call.id, *txn.peer)
+            self._answer(txn, request, 403, "Not a party to this dialog", to_tag=leg.local_tag)
+            return
         if leg.dialog is not None and not leg.dialog.check_remote_cseq(request):
             self._answer(txn, request, 500, "CSeq out of order", to_tag=leg.local_tag,
                          headers=[("Retry-After", "1")])

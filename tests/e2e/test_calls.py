@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 
 import pytest
-from conftest import ALICE, TOLLFREE, UNIT, World
+from conftest import ALICE, TOLLFREE, UNIT, World, wait_answered
 
 from gateway.b2bua.core import CREDIT_EXHAUSTED_REASON
 
@@ -278,3 +278,26 @@ def test_metrics_count_calls_refusals_and_sip_traffic(world: World, sipp_factory
                  'creditgate_sip_requests_received_total{method="INVITE"} 2.0',
                  'creditgate_sip_responses_received_total{status="200"} 2.0'):
         assert line in text, line
+
+
+def test_a_stranger_who_knows_the_dialog_cannot_hang_up_the_call(world: World, sipp_factory: Factory) -> None:
+    import socket
+
+    world.fund("acme", 550_000)  # 5 s paid: the call ends by itself, on credit, not by the stranger
+    carrier = _carrier(world, sipp_factory, calls=1)
+    pbx = _pbx(world, sipp_factory, SippScenario.UAC_LONG_CALL_EXPECT_BYE, MOBILE, timeout_s=20).start()
+    wait_answered(pbx)
+    (invite,) = pbx.messages(method="INVITE", direction="sent")
+    (ok,) = [m for m in pbx.messages(status=200, direction="received") if m.cseq_method == "INVITE"][:1]
+    bye = (f"BYE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5999;branch=z9hG4bKevil\r\n"
+           f"From: {invite.header('From')}\r\nTo: {ok.header('To')}\r\nCall-ID: {invite.call_id}\r\n"
+           "CSeq: 99 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.2", 0))
+        s.settimeout(5)
+        s.sendto(bye, world.sip)
+        assert s.recv(65535).startswith(b"SIP/2.0 403 ")
+    assert pbx.wait(20) == 0, pbx.diagnostics()
+    (cdr,) = world.wait_settled(1)
+    assert (cdr["end_reason"], cdr["billed_s"]) == ("credit_exhausted", "5")  # the call ran its paid time
+    assert carrier.wait(10) == 0
