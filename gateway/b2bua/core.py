@@ -99,24 +99,27 @@ def _warning_text(text: str) -> str:
 
 
 class LoadMeter:
-    """How far behind the event loop runs: the lateness of a tick armed every ``interval_s``.
+    """How far behind the event loop runs: a moving average of the lateness of a tick armed every
+    ``interval_s``.
 
     A process past its capacity answers late, the callers retransmit, and the retransmissions take
     the capacity that was left: throughput collapses. Watching the loop's own lateness lets new calls
     be refused with 503 (cheap) before that happens, while calls in progress keep their deadlines.
-    The figure decays (halves per tick) so one slow moment does not refuse calls for long.
+    The average (each tick weighs ``weight``) rises within a few ticks of a real overload but hardly
+    moves for one pause (a garbage collection, a slow disk write), which must not refuse calls.
     """
 
-    def __init__(self, interval_s: float = 0.05) -> None:
+    def __init__(self, interval_s: float = 0.05, weight: float = 0.2) -> None:
         self.interval_s = interval_s
+        self.weight = weight
         self.lag_s = 0.0
         self._expected = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def observe(self, late_s: float) -> float:
-        """Fold one tick's lateness into the figure (pure: the tests drive it)."""
-        self.lag_s = max(late_s, self.lag_s / 2)
+        """Fold one tick's lateness into the average (pure: the tests drive it)."""
+        self.lag_s += self.weight * (late_s - self.lag_s)
         return self.lag_s
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -96,12 +96,16 @@ def test_failures_are_mapped_for_the_caller(status: int, mapped: int) -> None:
     assert (warning is None) == (status != 408 and not 500 <= status < 600)
 
 
-def test_load_meter_follows_lateness_and_decays() -> None:
+def test_load_meter_rises_with_sustained_lateness_not_with_one_pause() -> None:
     from gateway.b2bua.core import LoadMeter
 
-    m = LoadMeter()
+    m = LoadMeter(weight=0.2)
     assert m.observe(0.0) == 0.0
-    assert m.observe(0.4) == 0.4  # one late tick: the process is behind
-    assert m.observe(0.0) == 0.2  # then halves each on-time tick
-    assert m.observe(0.0) == 0.1
-    assert m.observe(0.3) == 0.3  # a later, worse lateness takes over at once
+    one_pause = m.observe(0.3)  # one 300 ms pause (a GC): barely moves the average
+    assert one_pause == pytest.approx(0.06)
+    for _ in range(3):
+        m.observe(0.0)
+    assert m.lag_s < 0.04
+    for _ in range(10):  # a process that stays 300 ms behind: overloaded within a few ticks
+        m.observe(0.3)
+    assert m.lag_s > 0.25
