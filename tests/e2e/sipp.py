@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import ctypes
-import ctypes.util
 import datetime as dt
 import enum
 import hashlib
@@ -41,11 +39,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +65,11 @@ __all__ = [
     "reject_scenario",
     "stop_all",
 ]
+
+try:  # tests/ on sys.path (pytest), or the repository root (bench/)
+    from _procs import _die_with_parent
+except ImportError:  # pragma: no cover
+    from tests._procs import _die_with_parent
 
 HOST = "127.0.0.1"
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -192,23 +194,6 @@ def _proc_bound(pid: int, port: int, tcp: bool, host: str) -> bool | None:
         if (not tcp or parts[3] == "0A") and parts[9] in inodes:  # 0A: TCP_LISTEN
             return True
     return False
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    # As tests/_procs.py: PR_SET_PDEATHSIG fires when the forking *thread* exits, so arm it only
-    # from the main thread; then a test run killed with SIGKILL leaves no sipp behind.
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return None
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def arm() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-    return arm
 
 
 def _default_max_socket() -> int:
