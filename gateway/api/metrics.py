@@ -56,7 +56,13 @@ class _Collector:
         refusals = CounterMetricFamily("creditgate_authorizations_refused", "Calls the credit engine refused",
                                        labels=["reason"])
         other = CounterMetricFamily("creditgate_b2bua_events", "Other B2BUA events", labels=["event"])
+        debited = CounterMetricFamily("creditgate_debited_micros", "Money charged for calls this process settled "
+                                      "(micro-units of the organizations' currencies)")
+        debited.add_metric([], self.b2bua.counters.get("debited_micros", 0))
+        yield debited
         for key, n in self.b2bua.counters.items():
+            if key == "debited_micros":
+                continue
             if key.startswith("refused_"):
                 refused.add_metric(["call", key[8:]], n)
             elif key.startswith("refusal_"):

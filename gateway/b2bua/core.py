@@ -829,8 +829,13 @@ class B2BUA:
         }
         self._log(call, logging.INFO, "ended (%s, SIP %s) after %d ms: call to %s paid by %s", end_reason,
                   extra["sip_status"], duration_ms, call.auth.destination.number, call.auth.paid_by)
-        self._spawn(self.engine.settle(call.auth, answered=answered, duration_ms=duration_ms,
-                                       end_reason=end_reason, extra=extra))
+        self._spawn(self._settle(call.auth, answered=answered, duration_ms=duration_ms, end_reason=end_reason,
+                                 extra=extra))
+
+    async def _settle(self, auth: Any, **kw: Any) -> None:
+        settled = await self.engine.settle(auth, **kw)
+        if settled is not None:  # None: kept for a retry while the ledger is down
+            self.counters["debited_micros"] = self.counters.get("debited_micros", 0) + settled.charge
 
     def _forget(self, call: Call) -> None:
         for leg, tag in ((call.a, call.a.invite.from_tag if call.a.invite else ""), (call.b, "")):

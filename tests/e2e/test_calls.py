@@ -278,6 +278,8 @@ def test_metrics_count_calls_refusals_and_sip_traffic(world: World, sipp_factory
                  'creditgate_sip_requests_received_total{method="INVITE"} 2.0',
                  'creditgate_sip_responses_received_total{status="200"} 2.0'):
         assert line in text, line
+    (cdr,) = world.cdrs()
+    assert f'creditgate_debited_micros_total {float(int(cdr["charge"]))}' in text
 
 
 def test_a_stranger_who_knows_the_dialog_cannot_hang_up_the_call(world: World, sipp_factory: Factory) -> None:
