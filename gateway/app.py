@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import os
 import logging
-import secrets
 import signal
 import time
 from typing import Any
@@ -66,13 +65,6 @@ def _configure_logging(level: str, json_logs: bool) -> None:
     logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler], force=True)
 
 
-async def _digest_secret(svc: Services) -> bytes:
-    """The digest nonce secret every gateway process shares (created once, kept in Redis)."""
-    await svc.client.set(GLOBAL.digest_secret, secrets.token_hex(32), nx=True)
-    value = await svc.client.get(GLOBAL.digest_secret)
-    return bytes.fromhex(value.decode() if isinstance(value, bytes) else value)
-
-
 async def start_sip(svc: Services, *, reuse_port: bool = False) -> B2BUA:
     """Listen for SIP on ``[sip] listen`` (UDP and TCP) and put the B2BUA behind it."""
     cfg = svc.config.sip
@@ -82,7 +74,7 @@ async def start_sip(svc: Services, *, reuse_port: bool = False) -> B2BUA:
     directory = DirectoryCache(svc.directory)
     directory.watch()
     b2bua = B2BUA(stack, directory=directory, engine=svc.engine, config=cfg, redis=svc.client,
-                  digest_secret=await _digest_secret(svc), grants=svc.grants)
+                  digest_secret=await svc.directory.shared_secret(GLOBAL.digest_secret), grants=svc.grants)
     log.info("SIP listening on %s:%d (udp, tcp)", stack.host, stack.port)
     return b2bua
 

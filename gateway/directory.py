@@ -265,6 +265,13 @@ class Directory:
         except (RedisError, OSError) as exc:
             raise LedgerUnavailable(f"directory unreachable: {exc}") from exc
 
+    async def shared_secret(self, key: str) -> bytes:
+        """A random secret every gateway process shares: made by whichever process asks first (SET NX),
+        read by all (digest nonces, dial-out grants)."""
+        await self._call(self.client.set(key, secrets.token_hex(32), nx=True))
+        value = await self._call(self.client.get(key))
+        return bytes.fromhex(_s(value))
+
     async def _changed(self) -> None:
         """Tell every gateway process that an admin record changed (they drop their caches)."""
         await self._call(self.client.publish(DIRECTORY_CHANNEL, "1"))

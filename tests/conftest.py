@@ -8,8 +8,9 @@ three-master Redis Cluster, flushed before each test. ``tmp_data_dir``: a fresh 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -77,3 +78,20 @@ def tmp_data_dir(tmp_path: Path) -> Path:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     return data_dir
+
+
+@pytest.fixture
+async def make_services(redis_url: str, tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``make(**sections)``: ``Services`` for a configuration whose ``[redis] url`` is the emptied test
+    server (more sections as given), closed after the test."""
+    from gateway.config import Config
+    from gateway.services import open_services
+
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(**sections: Any) -> Any:
+            raw: dict[str, Any] = {"data_dir": str(tmp_path / "data"), "redis": {"url": redis_url, "timeout_s": 5.0}}
+            raw.update(sections)
+            return await stack.enter_async_context(open_services(Config.from_dict(raw)))
+
+        yield make

@@ -21,7 +21,7 @@ import pytest
 
 from bench.conftest import SMOKE
 from bench.sipp.direct import sipp_direct_cps
-from tests.e2e.conftest import ALICE, UNIT, World, make_world
+from tests.e2e._world import ALICE, UNIT, World, make_world
 from tests.e2e.sipp import Sipp, SippScenario, stop_all
 
 RATES = [200] if SMOKE else [200, 400, 600, 800, 1000, 1500, 2000]

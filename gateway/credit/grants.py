@@ -25,7 +25,6 @@ from dialplans import DialplanError, normalize
 from gateway.credit.engine import Authorization, CreditEngine
 from gateway.credit.errors import CreditRefused, refusal
 from gateway.directory import Org, User
-from gateway.ledger.client import LedgerUnavailable
 from gateway.ledger.keys import GLOBAL, OrgKeys
 
 __all__ = ["GrantClaim", "Grants", "sign", "verify", "GRANT_PREFIX"]
@@ -93,12 +92,7 @@ class Grants:
 
     async def secret(self) -> bytes:
         if self._secret is None:
-            try:
-                await self.client.set(GLOBAL.grant_secret, secrets.token_hex(32), nx=True)
-                value = await self.client.get(GLOBAL.grant_secret)
-            except OSError as exc:
-                raise LedgerUnavailable(str(exc)) from exc
-            self._secret = bytes.fromhex(value.decode() if isinstance(value, bytes) else value)
+            self._secret = await self.engine.directory.shared_secret(GLOBAL.grant_secret)
         return self._secret
 
     async def issue(self, org: Org, *, number: str, user: User | None, conference_id: str) -> tuple[str, Authorization]:

@@ -11,7 +11,7 @@ import hashlib
 from typing import Any
 
 import pytest
-from conftest import DECK, Api
+from _api import DECK, Api
 
 from gateway.api.openapi import openapi_document
 

@@ -4,7 +4,7 @@ the exact charge and a CDR; every request idempotent on its sequence number."""
 from __future__ import annotations
 
 import pytest
-from conftest import Api
+from _api import Api
 
 from rating_core import RateDeck
 

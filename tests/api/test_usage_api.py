@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import openpyxl
-from conftest import Api
+from _api import Api
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reports"))
 from _cdrs import utc, xadd_cdrs  # noqa: E402  (the report tests' CDR maker: the shape settle.lua writes)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 
 import pytest
-from conftest import ALICE, TOLLFREE, UNIT, World, wait_answered
+from _world import ALICE, TOLLFREE, UNIT, World, wait_answered
 
 from gateway.b2bua.core import CREDIT_EXHAUSTED_REASON
 

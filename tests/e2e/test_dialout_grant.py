@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import ALICE, UNIT, World
+from _world import ALICE, UNIT, World
 
 try:
     from sipp import SCENARIO_DIR, Sipp, expect_status_scenario, free_port

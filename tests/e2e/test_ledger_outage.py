@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, UNIT, make_world, wait_answered
+from _world import ALICE, UNIT, make_world, wait_answered
 
 try:
     from _procs import RedisProcess

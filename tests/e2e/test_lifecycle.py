@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, UNIT, World, make_world, wait_answered
+from _world import ALICE, UNIT, World, make_world, wait_answered
 
 from gateway.b2bua.core import SHUTDOWN_REASON
 

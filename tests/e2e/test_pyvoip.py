@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from conftest import ALICE, World
+from _world import ALICE, World
 
 # pyVoIP wants its VoIP module imported before anything else of it: this is the first pyVoIP import.
 from pyVoIP.VoIP import CallState, PhoneStatus, VoIPPhone

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Callable
 
 import pytest
-from conftest import TOLLFREE, UNIT, World
+from _world import TOLLFREE, UNIT, World
 
 from gateway.directory import DIGEST_REALM
 from gateway.sip import parse_message

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import UNIT, World
+from _world import UNIT, World
 
 from gateway.b2bua.stack import SERVED_METHODS
 from gateway.sip import DropMessage, Request, SipError, StreamFramer, check_request, parse_message
@@ -185,7 +185,10 @@ def test_every_torture_message_fed_byte_by_byte_over_tcp(world: World) -> None:
             s.settimeout(5)
             s.connect(world.sip)
             for k in range(len(data)):
-                s.send(data[k:k + 1])
+                try:
+                    s.send(data[k:k + 1])
+                except (BrokenPipeError, ConnectionResetError):
+                    break  # the gateway answered a framing error and closed the stream, as it must
             answered_expected = [v for v in expected if v != "process"]
             got = _final_statuses(s, 3.0 if answered_expected else 1.0 if expected else 0.5)
         answered = answered_expected

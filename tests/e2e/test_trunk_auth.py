@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import UNIT, World, make_world
+from _world import UNIT, World, make_world
 
 from gateway.directory import DIGEST_REALM
 from gateway.sip import Response, parse_message
