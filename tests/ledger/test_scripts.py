@@ -248,6 +248,27 @@ async def test_late_settle_charges_no_more_than_is_available(ledger: Ledger) -> 
     await books_ok(ledger)
 
 
+async def test_late_settle_of_a_call_whose_reserve_did_land_releases_its_reservation(ledger: Ledger) -> None:
+    # The reserve ran in Redis but its reply was lost (a timeout): the gateway, failing open, let the
+    # call run offline and records it with late_settle. The reservation must be released and counted
+    # as paid, not left behind with its lease and its place in 'live'.
+    await ledger.fund(ORG, UNIT)
+    g = await reserve(ledger, "lost")
+    assert g.ok and (await ledger.balance(ORG)).reserved == g.held
+    ext = await ledger.extend(ORG, "lost", 1, month=MONTH, lease_ms=60_000)
+    assert ext.ok
+    s = await ledger.late_settle(ORG, "lost", terms=TERMS, answered=True, duration_ms=90_000, end_reason="normal")
+    price = 10_000 + 100_000 * 90 // 60  # fee + 90 s (30 + 10x6) at 0.10/min
+    assert (s.ok, s.charge, s.extra) == (True, price, 0)
+    bal = await ledger.balance(ORG)
+    assert (bal.balance, bal.reserved, bal.live) == (UNIT - price, 0, 0)
+    assert await ledger.live_call_ids(ORG) == []
+    assert await ledger.expire_due(ORG) == []  # nothing left for the sweeper to charge again
+    (cdr,) = [c for _, c in await ledger.cdr_entries(ORG)]
+    assert (cdr["call"], cdr["charge"], cdr["uncollected"]) == ("lost", str(price), "0")
+    await books_ok(ledger)
+
+
 async def test_crossing_the_recharge_threshold_queues_one_purchase(ledger: Ledger, ledger_client) -> None:
     k = OrgKeys(ORG)
     await ledger.fund(ORG, UNIT)
