@@ -566,9 +566,16 @@ class DirectoryCache:
     """What the call path reads of the directory, kept in process memory.
 
     A call setup would otherwise read trunks, carriers, the organization and the user from Redis
-    every time. Entries are dropped whenever any process changes an admin record (``Directory``
+    every time. Entries go stale whenever any process changes an admin record (``Directory``
     publishes on ``DIRECTORY_CHANNEL``; ``watch`` listens) and at the latest after ``ttl_s`` as a
-    safety net. Misses are never cached: a record added a moment ago is always found.
+    safety net; a stale entry is read again before use. Misses are never cached: a record added a
+    moment ago is always found.
+
+    While Redis is unreachable a stale entry is served instead of the error: the last known trunks,
+    carriers and users still identify a caller, which is what lets a bounded fail-open (SPEC 4)
+    admit calls at all; with fail-closed the credit engine refuses them with 503 as before.
+    ``offline`` says the last read fell back so: a caller the last known records do not name may
+    be one added since, and must be told to retry (503), not that it is unknown (403).
     """
 
     def __init__(self, directory: Directory, *, ttl_s: float = 10.0) -> None:
@@ -579,54 +586,51 @@ class DirectoryCache:
         self._users: dict[tuple[str, str], tuple[float, User]] = {}
         self._tollfree: dict[str, tuple[float, TollFree]] = {}
         self._task: asyncio.Task[None] | None = None
+        self.offline = False
 
     def invalidate(self) -> None:
-        self._lists.clear()
-        self._orgs.clear()
-        self._users.clear()
-        self._tollfree.clear()
+        """Mark every entry stale (kept only as the fallback for an outage)."""
+        for store in (self._lists, self._orgs, self._users, self._tollfree):
+            for key, (_, value) in store.items():
+                store[key] = (0.0, value)
 
     def _fresh(self, entry: tuple[float, Any] | None) -> bool:
         return entry is not None and entry[0] > time.monotonic()
 
+    async def _cached(self, store: dict[Any, tuple[float, Any]], key: Any, load: Any, *, fresh: bool = False) -> Any:
+        entry = store.get(key)
+        if not fresh and self._fresh(entry):
+            return entry[1]  # type: ignore[index]
+        try:
+            value = await load()
+        except LedgerUnavailable:
+            self.offline = True
+            if entry is None:
+                raise
+            log.warning("directory unreachable: using the last known %s", key if isinstance(key, str) else key[0])
+            return entry[1]
+        self.offline = False
+        if value is not None:
+            store[key] = (time.monotonic() + self.ttl_s, value)
+        else:
+            store.pop(key, None)
+        return value
+
     async def list_trunks(self, *, fresh: bool = False) -> list[Trunk]:
-        entry = self._lists.get("trunks")
-        if fresh or not self._fresh(entry):
-            entry = (time.monotonic() + self.ttl_s, await self.directory.list_trunks())
-            self._lists["trunks"] = entry
-        return entry[1]  # type: ignore[index]
+        return await self._cached(self._lists, "trunks", self.directory.list_trunks, fresh=fresh)
 
     async def list_carriers(self, *, fresh: bool = False) -> list[Carrier]:
-        entry = self._lists.get("carriers")
-        if fresh or not self._fresh(entry):
-            entry = (time.monotonic() + self.ttl_s, await self.directory.list_carriers())
-            self._lists["carriers"] = entry
-        return entry[1]  # type: ignore[index]
+        return await self._cached(self._lists, "carriers", self.directory.list_carriers, fresh=fresh)
 
     async def get_org(self, org_id: str) -> Org:
-        entry = self._orgs.get(org_id)
-        if not self._fresh(entry):
-            entry = (time.monotonic() + self.ttl_s, await self.directory.get_org(org_id))
-            self._orgs[org_id] = entry
-        return entry[1]  # type: ignore[index]
+        return await self._cached(self._orgs, org_id, lambda: self.directory.get_org(org_id))
 
     async def user_by_number(self, org_id: str, number: str) -> User | None:
-        entry = self._users.get((org_id, number))
-        if self._fresh(entry):
-            return entry[1]  # type: ignore[index]
-        user = await self.directory.user_by_number(org_id, number)
-        if user is not None:
-            self._users[(org_id, number)] = (time.monotonic() + self.ttl_s, user)
-        return user
+        return await self._cached(self._users, (org_id, number),
+                                  lambda: self.directory.user_by_number(org_id, number))
 
     async def tollfree(self, number: str) -> TollFree | None:
-        entry = self._tollfree.get(number)
-        if self._fresh(entry):
-            return entry[1]  # type: ignore[index]
-        tf = await self.directory.tollfree(number)
-        if tf is not None:
-            self._tollfree[number] = (time.monotonic() + self.ttl_s, tf)
-        return tf
+        return await self._cached(self._tollfree, number, lambda: self.directory.tollfree(number))
 
     def watch(self) -> None:
         self._task = asyncio.ensure_future(self._watch())

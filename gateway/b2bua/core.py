@@ -440,6 +440,8 @@ class B2BUA:
         tag = secrets.token_hex(6)
         try:
             origin = await identify_source(self.directory, *txn.peer)
+            if (origin is None or origin.trunk is None) and getattr(self.directory, "offline", False):
+                raise LedgerUnavailable("directory unreachable: the source cannot be identified")
             if origin is None or origin.trunk is None:
                 self._answer(txn, request, 403, to_tag=tag,
                              headers=[("Warning", f'399 {self.stack.hostport} "unknown source"')])
@@ -467,6 +469,9 @@ class B2BUA:
 
     async def _authorize_and_route(self, call: Call, request: Request) -> None:
         origin: Origin | None = await identify_source(self.directory, *call.a.peer)
+        if origin is None and getattr(self.directory, "offline", False):
+            # Only the last known trunks were at hand: this source may be one added since.
+            raise LedgerUnavailable("directory unreachable: the source cannot be identified")
         if origin is None:
             self._refuse(call, 403, "unknown source")
             return

@@ -40,8 +40,9 @@ def test_live_call_survives_the_grace_then_ends_and_is_settled_once_redis_is_bac
                                calls=1, timeout_s=40, injection=[(ALICE, MOBILE)]).start()
             wait_answered(pbx)
             redis.kill()  # before the first renewal (a lead of 1.5 to 3 s before the 6 s chunk ends)
-            # A new call while the ledger is down: fail closed, at once, with Retry-After (even the
-            # trunk cannot be identified without the ledger's directory).
+            # A new call while the ledger is down: fail closed, at once, with Retry-After. It comes
+            # from a port the last known trunks do not name: that too is 503 (it may be a trunk
+            # added since), never 403 while the directory cannot be read.
             refused = sipp_factory(expect_status_scenario(503, require_warning=True, directory=tmp_path),
                                    remote=world.sip, calls=1, timeout_s=20, injection=[(ALICE, MOBILE)])
             started = time.monotonic()

@@ -1,0 +1,81 @@
+"""The call path's directory cache on a real redis-server: fresh after a change, and the last known
+records while Redis is unreachable (so a bounded fail-open can still identify a caller)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.directory import Directory, DirectoryCache
+from gateway.ledger.client import LedgerUnavailable
+from gateway.services import redis_client
+
+try:
+    from _procs import RedisProcess
+except ImportError:  # pragma: no cover
+    from tests._procs import RedisProcess
+
+
+@pytest.fixture
+def killable_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path / "redis", appendonly=True, args=["--appendfsync", "always"]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_a_change_is_seen_at_once_and_the_last_known_records_serve_an_outage(
+        killable_redis: RedisProcess) -> None:
+    client = redis_client(killable_redis.url, timeout_s=0.3)
+    directory = Directory(client)
+    cache = DirectoryCache(directory, ttl_s=60.0)
+    cache.watch()
+    try:
+        org, _ = await directory.create_org("Acme", country="GB", currency="GBP", org_id="acme")
+        await directory.add_trunk(org, "127.0.0.1:5070")
+        await directory.add_user(org, "alice", number="+442079460001", licence=True)
+        assert [t.address for t in await cache.list_trunks()] == ["127.0.0.1:5070"]
+        assert (await cache.user_by_number("acme", "+442079460001")).id == "alice"  # type: ignore[union-attr]
+        assert await cache.user_by_number("acme", "+442079460002") is None
+        assert (await cache.get_org("acme")).name == "Acme"
+
+        # Another process adds a trunk: the change is published and the cache reads again.
+        await Directory(client).add_trunk(org, "127.0.0.2")
+        for _ in range(50):
+            if len(await cache.list_trunks()) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(t.address for t in await cache.list_trunks()) == ["127.0.0.1:5070", "127.0.0.2"]
+
+        killable_redis.kill()
+        await asyncio.sleep(0.5)  # the watcher notices and marks everything stale
+        # Stale entries are read again first; with Redis gone the last known ones answer.
+        assert sorted(t.address for t in await cache.list_trunks(fresh=True)) == ["127.0.0.1:5070", "127.0.0.2"]
+        assert (await cache.get_org("acme")).id == "acme"
+        assert (await cache.user_by_number("acme", "+442079460001")).id == "alice"  # type: ignore[union-attr]
+        assert cache.offline  # the call path answers an unknown source 503 (retry), not 403
+        # Nothing is invented: what was never found still fails as an outage.
+        with pytest.raises(LedgerUnavailable):
+            await cache.user_by_number("acme", "+442079460002")
+        with pytest.raises(LedgerUnavailable):
+            await cache.list_carriers()
+
+        killable_redis.restart()
+        await Directory(redis_client(killable_redis.url, timeout_s=1.0)).add_user(
+            org, "bob", number="+442079460002")
+        for _ in range(100):
+            try:
+                if await cache.user_by_number("acme", "+442079460002") is not None:
+                    break
+            except LedgerUnavailable:
+                pass
+            await asyncio.sleep(0.05)
+        assert (await cache.user_by_number("acme", "+442079460002")).id == "bob"  # type: ignore[union-attr]
+        assert not cache.offline
+    finally:
+        await cache.stop()
+        await client.aclose()
