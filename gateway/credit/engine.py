@@ -24,7 +24,7 @@ from gateway.config import CreditConfig
 from gateway.credit.errors import CreditRefused, Refusal, refusal
 from gateway.credit.policy import Decision, Direction, decide
 from gateway.directory import Directory, Org, User
-from gateway.ledger.client import Grant, Ledger, LedgerUnavailable, RateTerms, Settlement
+from gateway.ledger.client import Grant, Ledger, LedgerUnavailable, RateTerms, Settlement, utc_now_iso
 from gateway.ledger.keys import month_of
 from gateway.ratestore import RateStore
 
@@ -162,6 +162,9 @@ class CreditEngine:
             "direction": direction,
             "conference_id": conference_id,
             "coverage": verdict.reason,
+            # Kept with the reservation: a call whose gateway died is settled from the ledger alone
+            # (expire.lua), and its CDR still says when it started.
+            "start": utc_now_iso(),
         }
         chunk = self.config.debit_interval_s
         lease = lease_ms if lease_ms is not None else (SETUP_WINDOW_S + chunk + self.config.lease_grace_s) * 1000

@@ -74,6 +74,14 @@ async def test_what_paid_and_why_the_call_ended(ledger: Ledger, ledger_client) -
     assert g.ok
     while not (await ledger.expire(ORG, "lost1")).ok:
         await asyncio.sleep(0.01)
+    # The same, for a call whose reservation recorded its start (as the credit engine's does).
+    started = (t0 + timedelta(minutes=3)).replace(microsecond=0)
+    g2 = await ledger.reserve(ORG, "lost2", pays="credits", terms=TERMS, chunk_s=60, lease_ms=1,
+                              meta={**meta(user="carol"), "start": started.strftime("%Y-%m-%dT%H:%M:%S.000Z")},
+                              month=MONTH)
+    assert g2.ok
+    while not (await ledger.expire(ORG, "lost2")).ok:
+        await asyncio.sleep(0.01)
     # Another organization spends its last credit, then a call from the outage is recorded.
     await ledger.fund("beta", 80_000)
     exhausted = await call(ledger, "ex1", start=t0, org="beta", duration_s=42, end_reason="credit_exhausted",
@@ -88,7 +96,7 @@ async def test_what_paid_and_why_the_call_ended(ledger: Ledger, ledger_client) -
                                            "sip_status": 200, "fail_open": True})
 
     rows = {r.call_id: r for r in await collect(usage_rows(ledger, ORG))}
-    assert set(rows) == {"plan1", "inc1", "cancel1", "lost1"}
+    assert set(rows) == {"plan1", "inc1", "cancel1", "lost1", "lost2"}
     p = rows["plan1"]
     assert (p.paid, p.charge, p.minutes_s, p.billed_s) == ("plan", 0, plan.extra, plan.billed_s)
     assert p.minutes_s == 60 and p.coverage == "plan_minutes" and p.fee_charged == 0
@@ -102,6 +110,8 @@ async def test_what_paid_and_why_the_call_ended(ledger: Ledger, ledger_client) -
     assert (lost.end_reason, lost.answered, lost.start, lost.answer, lost.end) == ("interrupted", None, None, None, None)
     assert lost.call_time == lost.settled  # no start time known: the settlement time stands in
     assert lost.charge == g.held == 110_000 and lost.user == "carol" and lost.billed_s == 60
+    lost2 = rows["lost2"]
+    assert (lost2.end_reason, lost2.answered, lost2.start, lost2.call_time) == ("interrupted", None, started, started)
 
     beta = {r.call_id: r for r in await collect(usage_rows(ledger, "beta"))}
     ex, lt = beta["ex1"], beta["late1"]
