@@ -17,6 +17,11 @@ in the group: every ``claim_idle_s / 2`` each consumer takes over those idle for
 ``claim_idle_s`` with ``XAUTOCLAIM``. A handler may therefore see an entry twice (a process
 presumed dead that was only slow); handlers must be idempotent, and are (idempotency keys,
 per-entry markers).
+
+These streams are work queues, not records (the books are the audit and CDR streams, never
+trimmed): every ``trim_interval_s`` a consumer drops the entries older than ``retention_s`` that
+every group reading the stream has been handed and acknowledged (``XTRIM MINID`` below the oldest
+entry still pending or not yet delivered to any group), so they do not grow for ever.
 """
 
 from __future__ import annotations
@@ -62,6 +67,11 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _stream_id(v: Any) -> tuple[int, int]:
+    ms, _, seq = _s(v).partition("-")
+    return int(ms), int(seq or 0)
+
+
 class OrgStreamConsumer:
     """Hands every entry of ``stream_of(org)``, for every organization, to ``handler`` once."""
 
@@ -79,6 +89,8 @@ class OrgStreamConsumer:
         concurrency: int = 16,
         batch: int = 50,
         consumer: str | None = None,
+        retention_s: float = 7 * 86400.0,
+        trim_interval_s: float = 3600.0,
     ) -> None:
         self.client = client
         self.stream_of = stream_of
@@ -97,6 +109,9 @@ class OrgStreamConsumer:
         # (org, entry id) -> (monotonic time due, failures so far, fields)
         self._retry: dict[tuple[str, str], tuple[float, int, dict[str, str]]] = {}
         self._next_claim = 0.0
+        self.retention_s = retention_s
+        self.trim_interval_s = trim_interval_s
+        self._next_trim = time.monotonic() + trim_interval_s
         self._org_locks: dict[str, asyncio.Lock] = {}
 
     # -- running --------------------------------------------------------------------------
@@ -139,7 +154,40 @@ class OrgStreamConsumer:
             if len(self._in_flight) >= self._max_in_flight:
                 break
             started += await self._read_new(org)
+        if now >= self._next_trim:
+            self._next_trim = now + self.trim_interval_s
+            for org in orgs:
+                await self.trim(org)
         return started
+
+    async def trim(self, org: str, *, now: float | None = None) -> int:
+        """Drop the entries of ``org``'s stream older than ``retention_s`` that no group still needs.
+
+        The bound is the oldest of: the retention cut-off, and for each group reading the stream
+        its oldest pending entry and the entry after its last delivered one (so an entry is never
+        dropped before every group has been handed it and acknowledged it). Returns how many
+        entries went.
+        """
+        stream = self.stream_of(org)
+        cutoff_ms = int(((time.time() if now is None else now) - self.retention_s) * 1000)
+        bound = (max(cutoff_ms, 0), 0)
+        try:
+            groups = await self.client.xinfo_groups(stream)
+        except ResponseError:  # no such stream yet
+            return 0
+        for g in groups:
+            last = _stream_id(g["last-delivered-id"])
+            bound = min(bound, (last[0], last[1] + 1))
+            if int(g["pending"]):
+                summary = await self.client.xpending(stream, _s(g["name"]))
+                if summary.get("min"):
+                    bound = min(bound, _stream_id(summary["min"]))
+        if bound <= (0, 0):
+            return 0
+        dropped = int(await self.client.xtrim(stream, minid=f"{bound[0]}-{bound[1]}", approximate=False))
+        if dropped:
+            log.info("%s: trimmed %d handled entries of %s", self.group, dropped, org)
+        return dropped
 
     # -- reading --------------------------------------------------------------------------
 
