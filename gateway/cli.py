@@ -372,13 +372,10 @@ def recharge_set(
 
     async def body(svc: Services) -> None:
         o = await svc.directory.resolve_org(org)
+        from gateway.admin import configure_recharge
+
         th, amt = _money_arg(threshold, "threshold"), _money_arg(amount, "amount")
-        if amt < o.min_funding:
-            raise InvalidInput(f"recharge amount must be at least {format_money(o.min_funding)} {o.currency}",
-                               "amount")
-        await svc.directory.set_recharge(o, threshold=th, amount=amt)
-        _emit(as_json, {"org": o.id, "enabled": True, "threshold": format_money(th), "amount": format_money(amt),
-                        "currency": o.currency})
+        _emit(as_json, await configure_recharge(svc, o, threshold=th, amount=amt))
 
     _run(config, body)
 
@@ -392,9 +389,10 @@ def recharge_off(
     """Turn off auto-recharge."""
 
     async def body(svc: Services) -> None:
+        from gateway.admin import configure_recharge
+
         o = await svc.directory.resolve_org(org)
-        await svc.directory.recharge_off(o)
-        _emit(as_json, {"org": o.id, "enabled": False})
+        _emit(as_json, await configure_recharge(svc, o, threshold=None, amount=None, enabled=False))
 
     _run(config, body)
 
