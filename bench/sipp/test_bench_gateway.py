@@ -14,6 +14,7 @@ calls only, to prove it runs.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -26,9 +27,13 @@ from tests.e2e.sipp import Sipp, SippScenario, stop_all
 
 RATES = [200] if SMOKE else [200, 400, 600, 800, 1000, 1500, 2000]
 SECONDS_PER_STEP = 2 if SMOKE else 5
-HOLD_CALLS = 100 if SMOKE else 3000
-HOLD_RATE = 100 if SMOKE else 200
-HOLD_S = 6 if SMOKE else 30
+# The hold run can be scaled from the environment (e.g. CREDITGATE_BENCH_HOLD_CALLS=50000,
+# CREDITGATE_BENCH_HOLD_S=240, CREDITGATE_BENCH_HOLD_CHUNK_S=60): the calls must stay up longer
+# than the ramp (calls / rate) for all of them to be held at once.
+HOLD_CALLS = 100 if SMOKE else int(os.environ.get("CREDITGATE_BENCH_HOLD_CALLS", "3000"))
+HOLD_RATE = 100 if SMOKE else int(os.environ.get("CREDITGATE_BENCH_HOLD_RATE", "200"))
+HOLD_S = 6 if SMOKE else int(os.environ.get("CREDITGATE_BENCH_HOLD_S", "30"))
+HOLD_CHUNK_S = int(os.environ.get("CREDITGATE_BENCH_HOLD_CHUNK_S", "10"))
 LONDON = "+442079460000"
 RESULTS: dict[str, float] = {}
 
@@ -83,26 +88,42 @@ def test_call_setups_per_second_through_the_gateway(benchmark, tmp_path: Path, r
     assert best > 0 and cdrs > 0
 
 
+def _rss_kib(world: World) -> int:
+    """The gateway process's resident memory (KiB), from /proc."""
+    assert world.gw.proc is not None
+    for line in Path(f"/proc/{world.gw.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 @pytest.mark.e2e
 def test_concurrent_billed_calls_held(benchmark, tmp_path: Path, redis_url: str, capsys) -> None:
-    # Chunks of 10 s on calls of HOLD_S: every call renews its reservation a few times while held.
-    settings = {"credit": {"debit_interval_s": 10}, "sip": {"max_setups_per_s": 20_000}}
+    # Chunks of HOLD_CHUNK_S (10 s) on calls of HOLD_S: every call renews its reservation while held.
+    settings = {"credit": {"debit_interval_s": HOLD_CHUNK_S},
+                "sip": {"max_setups_per_s": 20_000, "max_live_calls": max(HOLD_CALLS * 2, 100_000)}}
     with make_world(tmp_path, redis_url, settings) as world:
         world.fund("acme", 10**9 * UNIT // 1000)
+        bound_s = HOLD_S + HOLD_CALLS // HOLD_RATE + 90  # the ramp, the hold, and room to hang up
         carrier = Sipp(SippScenario.UAS_ANSWER, local_port=world.carrier_port, calls=HOLD_CALLS,
-                       timeout_s=HOLD_S + 90, trace_messages=False, workdir=tmp_path / "uas")
+                       timeout_s=bound_s, trace_messages=False, workdir=tmp_path / "uas")
         pbx = Sipp(SippScenario.UAC_CALL, remote=world.sip, local_port=world.pbx_port, calls=HOLD_CALLS,
-                   rate=HOLD_RATE, concurrent=HOLD_CALLS, duration_ms=HOLD_S * 1000, timeout_s=HOLD_S + 90,
+                   rate=HOLD_RATE, concurrent=HOLD_CALLS, duration_ms=HOLD_S * 1000, timeout_s=bound_s,
                    trace_messages=False, workdir=tmp_path / "uac", injection=[(ALICE, LONDON)])
+
+        rss = {"start": _rss_kib(world), "peak": 0}
 
         def run() -> int:
             peak = 0
             try:
                 carrier.start()
                 pbx.start()
-                deadline = time.monotonic() + HOLD_S + 80
+                deadline = time.monotonic() + bound_s - 10
                 while pbx.is_running() and time.monotonic() < deadline:
-                    peak = max(peak, world.balance().live)
+                    live = world.balance().live
+                    if live >= peak:
+                        peak = live
+                        rss["peak"] = max(rss["peak"], _rss_kib(world))
                     time.sleep(0.5)
                 pbx.wait(max(deadline - time.monotonic(), 1))
             finally:
@@ -118,6 +139,9 @@ def test_concurrent_billed_calls_held(benchmark, tmp_path: Path, redis_url: str,
     RESULTS["held"] = peak
     with capsys.disabled():
         print(f"\nconcurrent billed calls: {peak:,} held at once (target {HOLD_CALLS:,}, {HOLD_S} s each, "
-              f"10 s chunks); {stats.successful:,} ok, {stats.failed} failed; {len(cdrs):,} CDRs; "
+              f"{HOLD_CHUNK_S} s chunks); {stats.successful:,} ok, {stats.failed} failed; {len(cdrs):,} CDRs; "
               f"{extends:,} chunk commits while held")
+        per_call = (rss["peak"] - rss["start"]) / peak if peak else 0.0
+        print(f"gateway memory: {rss['start'] / 1024:,.0f} MiB idle, {rss['peak'] / 1024:,.0f} MiB with {peak:,} "
+              f"calls held ({per_call:,.1f} KiB per call)")
     assert stats.failed == 0 and peak > 0
