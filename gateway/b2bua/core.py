@@ -498,7 +498,8 @@ class B2BUA:
             else:
                 auth = await self.engine.authorize(
                     org, call_id=call.id, dialed=dialed, user=user, direction=direction,  # type: ignore[arg-type]
-                    conference_id=conference_id, caller=user.number if user is not None else (caller or ""))
+                    conference_id=conference_id, caller=user.number if user is not None else (caller or ""),
+                    sip_call_id=request.call_id)
             call.auth = auth  # from here on, whatever goes wrong releases the reservation with a CDR
             if not carriers:
                 self._refuse(call, 503, "no carrier configured", retry_after=60)
@@ -516,7 +517,8 @@ class B2BUA:
                 return
             org = await self.directory.get_org(tf.org)
             auth = await self.engine.authorize(org, call_id=call.id, dialed=tf.number, user=None,
-                                               direction="inbound_tollfree", caller=caller or "")
+                                               direction="inbound_tollfree", caller=caller or "",
+                                               sip_call_id=request.call_id)
             call.auth = auth
             target = parse_uri(tf.target)
             if not isinstance(target, SipUri):
