@@ -566,9 +566,15 @@ class DirectoryCache:
     """What the call path reads of the directory, kept in process memory.
 
     A call setup would otherwise read trunks, carriers, the organization and the user from Redis
-    every time. Entries are dropped whenever any process changes an admin record (``Directory``
-    publishes on ``DIRECTORY_CHANNEL``; ``watch`` listens) and at the latest after ``ttl_s`` as a
-    safety net. Misses are never cached: a record added a moment ago is always found.
+    every time. Entries go stale whenever any process changes an admin record (``Directory``
+    publishes on ``DIRECTORY_CHANNEL``; ``watch`` listens), when that watch is interrupted, and at
+    the latest after ``ttl_s`` as a safety net; a stale entry is read again from Redis. Misses are
+    never cached: a record added a moment ago is always found.
+
+    While Redis is unreachable a stale entry is served rather than an error: the call path can
+    still tell a trunk from a stranger, so that the outage policy decides what happens to the call
+    (SPEC 4: fail closed with 503, or fail open within bounds) instead of every call failing
+    before the policy is even asked.
     """
 
     def __init__(self, directory: Directory, *, ttl_s: float = 10.0) -> None:
@@ -581,52 +587,49 @@ class DirectoryCache:
         self._task: asyncio.Task[None] | None = None
 
     def invalidate(self) -> None:
-        self._lists.clear()
-        self._orgs.clear()
-        self._users.clear()
-        self._tollfree.clear()
+        """Every entry stale: read again from Redis next time, kept only as the outage fallback."""
+        for cache in (self._lists, self._orgs, self._users, self._tollfree):
+            for key, (_, value) in list(cache.items()):
+                cache[key] = (0.0, value)  # type: ignore[index]
 
     def _fresh(self, entry: tuple[float, Any] | None) -> bool:
         return entry is not None and entry[0] > time.monotonic()
 
+    async def _read(self, cache: dict[Any, tuple[float, Any]], key: Any, load: Any, *, fresh: bool = False,
+                    keep_none: bool = True) -> Any:
+        entry = cache.get(key)
+        if not fresh and self._fresh(entry):
+            return entry[1]  # type: ignore[index]
+        try:
+            value = await load()
+        except LedgerUnavailable:
+            # Redis is down: the last value read stands in (see the class docstring), unless the
+            # caller asked for Redis's word (a miss checked again: it cannot be confirmed now).
+            if entry is None or fresh:
+                raise
+            return entry[1]
+        if value is not None or keep_none:
+            cache[key] = (time.monotonic() + self.ttl_s, value)
+        else:
+            cache.pop(key, None)
+        return value
+
     async def list_trunks(self, *, fresh: bool = False) -> list[Trunk]:
-        entry = self._lists.get("trunks")
-        if fresh or not self._fresh(entry):
-            entry = (time.monotonic() + self.ttl_s, await self.directory.list_trunks())
-            self._lists["trunks"] = entry
-        return entry[1]  # type: ignore[index]
+        return await self._read(self._lists, "trunks", self.directory.list_trunks, fresh=fresh)  # type: ignore[no-any-return]
 
     async def list_carriers(self, *, fresh: bool = False) -> list[Carrier]:
-        entry = self._lists.get("carriers")
-        if fresh or not self._fresh(entry):
-            entry = (time.monotonic() + self.ttl_s, await self.directory.list_carriers())
-            self._lists["carriers"] = entry
-        return entry[1]  # type: ignore[index]
+        return await self._read(self._lists, "carriers", self.directory.list_carriers, fresh=fresh)  # type: ignore[no-any-return]
 
     async def get_org(self, org_id: str) -> Org:
-        entry = self._orgs.get(org_id)
-        if not self._fresh(entry):
-            entry = (time.monotonic() + self.ttl_s, await self.directory.get_org(org_id))
-            self._orgs[org_id] = entry
-        return entry[1]  # type: ignore[index]
+        return await self._read(self._orgs, org_id, lambda: self.directory.get_org(org_id))  # type: ignore[no-any-return]
 
     async def user_by_number(self, org_id: str, number: str) -> User | None:
-        entry = self._users.get((org_id, number))
-        if self._fresh(entry):
-            return entry[1]  # type: ignore[index]
-        user = await self.directory.user_by_number(org_id, number)
-        if user is not None:
-            self._users[(org_id, number)] = (time.monotonic() + self.ttl_s, user)
-        return user
+        return await self._read(self._users, (org_id, number),  # type: ignore[no-any-return]
+                                lambda: self.directory.user_by_number(org_id, number), keep_none=False)
 
     async def tollfree(self, number: str) -> TollFree | None:
-        entry = self._tollfree.get(number)
-        if self._fresh(entry):
-            return entry[1]  # type: ignore[index]
-        tf = await self.directory.tollfree(number)
-        if tf is not None:
-            self._tollfree[number] = (time.monotonic() + self.ttl_s, tf)
-        return tf
+        return await self._read(self._tollfree, number, lambda: self.directory.tollfree(number),  # type: ignore[no-any-return]
+                                keep_none=False)
 
     def watch(self) -> None:
         self._task = asyncio.ensure_future(self._watch())
