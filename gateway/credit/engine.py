@@ -35,6 +35,9 @@ log = logging.getLogger("creditgate.credit")
 # How long a reservation may wait for answer before its lease lapses (ringing, early media).
 SETUP_WINDOW_S = 300
 
+# Reservations of refused calls whose outcome is unknown (no reply from Redis), kept to be released.
+MAX_UNKNOWN_RESERVATIONS = 50_000
+
 
 @dataclass(slots=True, kw_only=True)
 class Authorization:
@@ -262,6 +265,12 @@ class CreditEngine:
         """Keep a release of a reservation whose outcome is unknown, written once Redis answers:
         an unanswered settle gives back whatever a late reservation holds (charge 0, its CDR says
         'ledger_outage'), and does nothing at all when no reservation was made."""
+        if len(self._unknown) >= MAX_UNKNOWN_RESERVATIONS:
+            # A long outage under a flood of new calls must not grow this without bound: the oldest
+            # is given up (its lease, if it was made at all, runs out and the sweeper settles it).
+            dropped = next(iter(self._unknown))
+            del self._unknown[dropped]
+            log.warning("too many reservations of unknown outcome: %s left to its lease", dropped)
         self._unknown[call_id] = (org.id, month)
 
     async def adopt(
