@@ -35,7 +35,7 @@ from gateway.ledger.client import Balance, Ledger
 from gateway.ledger.reconcile import Reconciliation, reconcile
 from gateway.services import redis_client
 
-__all__ = ["Books", "assert_books", "check_books", "cdr_sip_call_id"]
+__all__ = ["Books", "assert_books", "cdr_sip_call_id", "check_books"]
 
 
 @dataclass(slots=True, kw_only=True)

@@ -187,6 +187,7 @@ class CreditEngine:
             meta["sip_call_id"] = sip_call_id
         chunk = self.config.debit_interval_s
         lease = lease_ms if lease_ms is not None else (SETUP_WINDOW_S + chunk + self.config.lease_grace_s) * 1000
+
         def reserve() -> Awaitable[Grant]:
             return self.ledger.reserve(
                 org.id,

@@ -17,14 +17,13 @@ from typing import Any
 
 import pytest
 
-from rating_core import RateDeck
-
 from gateway.config import CreditConfig
 from gateway.credit import CreditEngine, CreditRefused
 from gateway.directory import Directory, Org
 from gateway.ledger.client import _SCRIPTS, Ledger
 from gateway.ratestore import RateStore
 from gateway.services import redis_client
+from rating_core import RateDeck
 
 try:
     from _invariants import check_books
@@ -63,7 +62,7 @@ class LateReplyProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
 
-    async def start(self) -> "LateReplyProxy":
+    async def start(self) -> LateReplyProxy:
         self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
