@@ -374,12 +374,8 @@ class CreditEngine:
             rec = await self.ledger.call_record(auth.org.id, auth.call_id)
             if rec.get("st") in ("held", "live", "done"):
                 # The reservation whose reply was lost did reach the ledger: settle the call against
-                # it (charged for its duration, at most what it holds), so that it frees what it
-                # holds and the call keeps one CDR.
-                return await self.ledger.settle(
-                    auth.org.id, auth.call_id, rec["seq"] + 1, month=auth.month, answered=request["answered"],
-                    duration_ms=request["duration_ms"], end_reason=request["end_reason"],
-                    extra={**request["extra"], "fail_open": True})
+                # it, so that it frees what it holds and the call keeps one CDR.
+                return await self._settle_late_reservation(auth, rec, request)
             meta = dict(auth.meta or {})
             meta.update({"org": auth.org.id, "user": auth.user.id if auth.user else "",
                          "callee": auth.destination.number, "class": auth.destination.number_class.value,
@@ -394,6 +390,30 @@ class CreditEngine:
         return await self.ledger.settle(
             auth.org.id, auth.call_id, auth.seq + 1, month=auth.month, answered=request["answered"],
             duration_ms=request["duration_ms"], end_reason=request["end_reason"], extra=request["extra"])
+
+    async def _settle_late_reservation(self, auth: Authorization, rec: dict[str, Any],
+                                       request: dict[str, Any]) -> Settlement:
+        """Settle a fail-open call against the reservation that reached the ledger after all.
+
+        The call ran on its fail-open grant, which may be longer than the chunk reserved: the
+        reservation is first extended, chunk by chunk (each extend idempotent on its seq), until it
+        covers the call's duration or the balance runs out, so that the settle charges the call's
+        whole price by the deck's rule (at most what the balance could hold, as ever)."""
+        seq, granted, final = rec["seq"], rec["g"], rec["fin"] == 1 or rec["st"] == "done"
+        used_s = -(-int(request["duration_ms"]) // 1000) if request["answered"] else 0
+        for _ in range(used_s // max(self.config.debit_interval_s, 1) + 2):  # bounded: one chunk each
+            if final or granted >= used_s:
+                break
+            grant = await self.ledger.extend(auth.org.id, auth.call_id, seq + 1, month=auth.month,
+                                             lease_ms=(self.config.debit_interval_s + self.config.lease_grace_s) * 1000,
+                                             daily_limit=auth.org.daily_spend_limit)
+            if not grant.ok:
+                break
+            seq, granted, final = grant.seq, grant.granted_s, grant.final
+        return await self.ledger.settle(
+            auth.org.id, auth.call_id, seq + 1, month=auth.month, answered=request["answered"],
+            duration_ms=request["duration_ms"], end_reason=request["end_reason"],
+            extra={**request["extra"], "fail_open": True})
 
     @property
     def pending_settlements(self) -> int:

@@ -242,15 +242,18 @@ async def test_a_settle_whose_reply_is_late_is_kept_retried_and_charges_once(wor
     assert books.charged == london(30)
 
 
-async def test_a_fail_open_call_whose_reservation_landed_late_is_settled_against_it(world: World) -> None:
+@pytest.mark.parametrize("seconds", [45, 150])
+async def test_a_fail_open_call_whose_reservation_landed_late_is_settled_against_it(world: World,
+                                                                                   seconds: int) -> None:
     w = world
-    w.engine.config = CreditConfig(debit_interval_s=60, on_ledger_outage="fail_open", fail_open_max_s=120,
+    w.engine.config = CreditConfig(debit_interval_s=60, on_ledger_outage="fail_open", fail_open_max_s=300,
                                    fail_open_max_amount="1.00")
     w.proxy.late(None)
     auth = await w.engine.authorize(w.org, call_id="c1", dialed=LONDON, user=w.alice)
-    assert auth.fail_open and auth.granted_s == 120
-    assert (await w.ledger.balance(w.org.id)).reserved == london(60)  # the late reservation
-    s = await _settled(w, auth, answered=True, duration_ms=45_000, end_reason="normal")
-    assert s.charge == london(45)
+    assert auth.fail_open and auth.granted_s == 300
+    assert (await w.ledger.balance(w.org.id)).reserved == london(60)  # the late reservation: one chunk
+    # Charged its whole duration, also beyond the chunk the late reservation held.
+    s = await _settled(w, auth, answered=True, duration_ms=seconds * 1000, end_reason="normal")
+    assert s.charge == london(seconds)
     books = await check_books(w.ledger, w.org.id, funded=FUNDED, calls={"c1"})
-    assert books.cdrs[0]["extra"]["fail_open"] is True
+    assert books.cdrs[0]["extra"]["fail_open"] is True and books.charged == london(seconds)
