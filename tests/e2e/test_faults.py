@@ -285,3 +285,51 @@ def test_a_worker_killed_mid_call_has_its_calls_settled_interrupted_by_the_other
                      all_settled_s_after_kill=round(settled_s, 2), micro_units_lost=books.lost)
     finally:
         redis.stop()
+
+
+def test_a_gateway_killed_and_restarted_settles_the_calls_it_held_as_interrupted(
+        tmp_path: Path, sipp_factory: Callable[..., Sipp]) -> None:
+    redis = _durable_redis(tmp_path / "redis")
+    funded = 100 * UNIT
+    calls = 10
+    try:
+        settings = {"credit": {"debit_interval_s": 2, "lease_grace_s": 1, "sweep_interval_s": 0.5}}
+        with make_world(tmp_path, redis.url, settings) as world:
+            world.fund("acme", funded)
+            carrier = sipp_factory(SippScenario.UAS_ANSWER, local_port=world.carrier_port, calls=calls,
+                                   timeout_s=60, trace_messages=False).start()
+            pbx = sipp_factory(SippScenario.UAC_CALL, remote=world.sip, local_port=world.pbx_port, calls=calls,
+                               rate=10, duration_ms=8_000, timeout_s=60, injection=[(ALICE, LONDON)]).start()
+
+            def all_renewed() -> bool:
+                async def body(svc: Any) -> bool:
+                    ids = await svc.ledger.live_call_ids("acme")
+                    recs = [await svc.ledger.call_record("acme", i) for i in ids]
+                    return len(ids) == calls and all(r.get("seq", 0) >= 1 for r in recs)
+
+                return bool(world.services(body))
+
+            _wait(all_renewed, 30, f"{calls} calls answered and renewed", world.gw.log_tail)
+            world.gw.kill()  # SIGKILL: nothing drained, nothing settled
+            killed_at = time.monotonic()
+            assert world.balance().live == calls
+            world.gw.start()
+            _wait(lambda: world.gw.log_text().count("creditgate ready") == 2, 30, "the gateway restarted",
+                  world.gw.log_tail)
+
+            # Nobody holds these calls any more: their leases run out and the restarted process's
+            # sweeper settles each once, charging what it held, with an 'interrupted' CDR.
+            cdrs = world.wait_settled(calls, timeout=30)
+            settled_s = time.monotonic() - killed_at
+            assert {c["end_reason"] for c in cdrs} == {"interrupted"}
+            for c in cdrs:
+                assert int(c["charge"]) == london(int(c["billed_s"])) and int(c["billed_s"]) >= 2, c
+            pbx.wait(40)  # their BYEs reach a process that never knew them (481): failed calls
+            assert pbx.stats().failed == calls, pbx.diagnostics()
+            carrier.stop()
+            books = assert_books(redis.url, "acme", funded=funded, calls=set(_sip_call_ids(pbx)))
+            assert len(books.cdrs) == calls
+            _figures("gateway-killed-and-restarted", calls_live_at_fault=calls,
+                     all_settled_s_after_kill=round(settled_s, 2), micro_units_lost=books.lost)
+    finally:
+        redis.stop()
