@@ -567,15 +567,14 @@ class DirectoryCache:
 
     A call setup would otherwise read trunks, carriers, the organization and the user from Redis
     every time. Entries go stale whenever any process changes an admin record (``Directory``
-    publishes on ``DIRECTORY_CHANNEL``; ``watch`` listens) and at the latest after ``ttl_s`` as a
-    safety net; a stale entry is read again before use. Misses are never cached: a record added a
-    moment ago is always found.
+    publishes on ``DIRECTORY_CHANNEL``; ``watch`` listens), when that watch is interrupted, and at
+    the latest after ``ttl_s`` as a safety net; a stale entry is read again from Redis. Misses are
+    never cached: a record added a moment ago is always found.
 
-    While Redis is unreachable a stale entry is served instead of the error: the last known trunks,
-    carriers and users still identify a caller, which is what lets a bounded fail-open (SPEC 4)
-    admit calls at all; with fail-closed the credit engine refuses them with 503 as before.
-    ``offline`` says the last read fell back so: a caller the last known records do not name may
-    be one added since, and must be told to retry (503), not that it is unknown (403).
+    While Redis is unreachable a stale entry is served rather than an error: the call path can
+    still tell a trunk from a stranger, so that the outage policy decides what happens to the call
+    (SPEC 4: fail closed with 503, or fail open within bounds) instead of every call failing
+    before the policy is even asked.
     """
 
     def __init__(self, directory: Directory, *, ttl_s: float = 10.0) -> None:
@@ -586,51 +585,51 @@ class DirectoryCache:
         self._users: dict[tuple[str, str], tuple[float, User]] = {}
         self._tollfree: dict[str, tuple[float, TollFree]] = {}
         self._task: asyncio.Task[None] | None = None
-        self.offline = False
 
     def invalidate(self) -> None:
-        """Mark every entry stale (kept only as the fallback for an outage)."""
-        for store in (self._lists, self._orgs, self._users, self._tollfree):
-            for key, (_, value) in store.items():
-                store[key] = (0.0, value)
+        """Every entry stale: read again from Redis next time, kept only as the outage fallback."""
+        for cache in (self._lists, self._orgs, self._users, self._tollfree):
+            for key, (_, value) in list(cache.items()):
+                cache[key] = (0.0, value)  # type: ignore[index]
 
     def _fresh(self, entry: tuple[float, Any] | None) -> bool:
         return entry is not None and entry[0] > time.monotonic()
 
-    async def _cached(self, store: dict[Any, tuple[float, Any]], key: Any, load: Any, *, fresh: bool = False) -> Any:
-        entry = store.get(key)
+    async def _read(self, cache: dict[Any, tuple[float, Any]], key: Any, load: Any, *, fresh: bool = False,
+                    keep_none: bool = True) -> Any:
+        entry = cache.get(key)
         if not fresh and self._fresh(entry):
             return entry[1]  # type: ignore[index]
         try:
             value = await load()
         except LedgerUnavailable:
-            self.offline = True
-            if entry is None:
+            # Redis is down: the last value read stands in (see the class docstring), unless the
+            # caller asked for Redis's word (a miss checked again: it cannot be confirmed now).
+            if entry is None or fresh:
                 raise
-            log.warning("directory unreachable: using the last known %s", key if isinstance(key, str) else key[0])
             return entry[1]
-        self.offline = False
-        if value is not None:
-            store[key] = (time.monotonic() + self.ttl_s, value)
+        if value is not None or keep_none:
+            cache[key] = (time.monotonic() + self.ttl_s, value)
         else:
-            store.pop(key, None)
+            cache.pop(key, None)
         return value
 
     async def list_trunks(self, *, fresh: bool = False) -> list[Trunk]:
-        return await self._cached(self._lists, "trunks", self.directory.list_trunks, fresh=fresh)
+        return await self._read(self._lists, "trunks", self.directory.list_trunks, fresh=fresh)  # type: ignore[no-any-return]
 
     async def list_carriers(self, *, fresh: bool = False) -> list[Carrier]:
-        return await self._cached(self._lists, "carriers", self.directory.list_carriers, fresh=fresh)
+        return await self._read(self._lists, "carriers", self.directory.list_carriers, fresh=fresh)  # type: ignore[no-any-return]
 
     async def get_org(self, org_id: str) -> Org:
-        return await self._cached(self._orgs, org_id, lambda: self.directory.get_org(org_id))
+        return await self._read(self._orgs, org_id, lambda: self.directory.get_org(org_id))  # type: ignore[no-any-return]
 
     async def user_by_number(self, org_id: str, number: str) -> User | None:
-        return await self._cached(self._users, (org_id, number),
-                                  lambda: self.directory.user_by_number(org_id, number))
+        return await self._read(self._users, (org_id, number),  # type: ignore[no-any-return]
+                                lambda: self.directory.user_by_number(org_id, number), keep_none=False)
 
     async def tollfree(self, number: str) -> TollFree | None:
-        return await self._cached(self._tollfree, number, lambda: self.directory.tollfree(number))
+        return await self._read(self._tollfree, number, lambda: self.directory.tollfree(number),  # type: ignore[no-any-return]
+                                keep_none=False)
 
     def watch(self) -> None:
         self._task = asyncio.ensure_future(self._watch())

@@ -440,8 +440,6 @@ class B2BUA:
         tag = secrets.token_hex(6)
         try:
             origin = await identify_source(self.directory, *txn.peer)
-            if (origin is None or origin.trunk is None) and getattr(self.directory, "offline", False):
-                raise LedgerUnavailable("directory unreachable: the source cannot be identified")
             if origin is None or origin.trunk is None:
                 self._answer(txn, request, 403, to_tag=tag,
                              headers=[("Warning", f'399 {self.stack.hostport} "unknown source"')])
@@ -469,9 +467,6 @@ class B2BUA:
 
     async def _authorize_and_route(self, call: Call, request: Request) -> None:
         origin: Origin | None = await identify_source(self.directory, *call.a.peer)
-        if origin is None and getattr(self.directory, "offline", False):
-            # Only the last known trunks were at hand: this source may be one added since.
-            raise LedgerUnavailable("directory unreachable: the source cannot be identified")
         if origin is None:
             self._refuse(call, 403, "unknown source")
             return
@@ -503,7 +498,8 @@ class B2BUA:
             else:
                 auth = await self.engine.authorize(
                     org, call_id=call.id, dialed=dialed, user=user, direction=direction,  # type: ignore[arg-type]
-                    conference_id=conference_id, caller=user.number if user is not None else (caller or ""))
+                    conference_id=conference_id, caller=user.number if user is not None else (caller or ""),
+                    sip_call_id=request.call_id)
             call.auth = auth  # from here on, whatever goes wrong releases the reservation with a CDR
             if not carriers:
                 self._refuse(call, 503, "no carrier configured", retry_after=60)
@@ -521,7 +517,8 @@ class B2BUA:
                 return
             org = await self.directory.get_org(tf.org)
             auth = await self.engine.authorize(org, call_id=call.id, dialed=tf.number, user=None,
-                                               direction="inbound_tollfree", caller=caller or "")
+                                               direction="inbound_tollfree", caller=caller or "",
+                                               sip_call_id=request.call_id)
             call.auth = auth
             target = parse_uri(tf.target)
             if not isinstance(target, SipUri):

@@ -35,6 +35,9 @@ log = logging.getLogger("creditgate.credit")
 # How long a reservation may wait for answer before its lease lapses (ringing, early media).
 SETUP_WINDOW_S = 300
 
+# Reservations of refused calls whose outcome is unknown (no reply from Redis), kept to be released.
+MAX_UNKNOWN_RESERVATIONS = 50_000
+
 
 @dataclass(slots=True, kw_only=True)
 class Authorization:
@@ -53,6 +56,7 @@ class Authorization:
     conference_id: str = ""
     seq: int = 0
     fail_open: bool = False
+    meta: dict[str, Any] | None = None  # fail-open calls: the CDR meta their late settlement writes
     settled: Settlement | None = None
     created: float = field(default_factory=time.time)
 
@@ -67,6 +71,16 @@ class Authorization:
     @property
     def paid_by(self) -> str:
         return self.decision.pays
+
+
+async def _once_more(request: Callable[[], Awaitable[Any]]) -> Any:
+    """``request()``, and once more if the ledger did not answer: every script is idempotent on its
+    key (call id; call id and seq), so the second delivery returns what the first one did if it
+    ran after all, and a short stall of Redis does not end calls or refuse them."""
+    try:
+        return await request()
+    except LedgerUnavailable:
+        return await request()
 
 
 class _Outage:
@@ -105,6 +119,8 @@ class CreditEngine:
         self.outage = _Outage()
         # Settlements that could not be written yet: call id -> a retry of the same request.
         self._pending: dict[str, tuple[Authorization, dict[str, Any]]] = {}
+        # Reservations whose outcome is unknown (no reply) for calls refused: call id -> (org, month).
+        self._unknown: dict[str, tuple[str, str]] = {}
         # More per-organization sweeps for the housekeeping loop (unclaimed dial-out grants).
         self.sweeps: list[Callable[[str], Awaitable[int]]] = []
 
@@ -121,8 +137,12 @@ class CreditEngine:
         conference_id: str = "",
         caller: str = "",
         lease_ms: int | None = None,
+        sip_call_id: str = "",
     ) -> Authorization:
-        """Authorize and reserve the first chunk, or raise ``CreditRefused``."""
+        """Authorize and reserve the first chunk, or raise ``CreditRefused``.
+
+        ``sip_call_id``: the caller's SIP Call-ID, kept in the reservation's meta so that every CDR
+        of the call, also one the sweeper writes for a process that died, names the SIP call."""
         try:
             destination = normalize(dialed, org.plan)
         except IncompleteNumber as exc:
@@ -166,10 +186,13 @@ class CreditEngine:
             # (expire.lua), and its CDR still says when it started.
             "start": utc_now_iso(),
         }
+        if sip_call_id:
+            meta["sip_call_id"] = sip_call_id
         chunk = self.config.debit_interval_s
         lease = lease_ms if lease_ms is not None else (SETUP_WINDOW_S + chunk + self.config.lease_grace_s) * 1000
-        try:
-            grant = await self.ledger.reserve(
+
+        def reserve() -> Awaitable[Grant]:
+            return self.ledger.reserve(
                 org.id,
                 call_id,
                 pays=verdict.pays,
@@ -184,9 +207,15 @@ class CreditEngine:
                 meta=meta,
                 month=month,
             )
+
+        try:
+            grant = await _once_more(reserve)
         except LedgerUnavailable:
+            # The reservation may still have been made (a reply lost or late): it must not hold
+            # money, nor be charged as 'interrupted' when its lease runs out, for a call that was
+            # refused or went on without it. Released (or, fail-open, settled) once Redis answers.
             return self._authorize_offline(org, call_id, destination, rate, verdict, terms, month,
-                                           direction, conference_id, user)
+                                           direction, conference_id, user, meta)
         self.outage.note_up()
         if not grant.ok:
             raise CreditRefused(refusal(grant.reason))
@@ -206,6 +235,7 @@ class CreditEngine:
         direction: Direction,
         conference_id: str,
         user: User | None,
+        meta: dict[str, Any],
     ) -> Authorization:
         now = time.time()
         self.outage.note_down(now)
@@ -224,6 +254,7 @@ class CreditEngine:
                 if offline_grant > 0 and rate_for_cap is not None:
                     self.outage.exposure += charge(rate_for_cap, offline_grant)
         if not offline_grant:
+            self._release_unknown(org, call_id, month)
             retry = max(1, min(cfg.outage_grace_s or 30, 60))
             raise CreditRefused(refusal("ledger_unavailable", retry_after=retry))
         log.warning("call %s authorized fail-open for %d s while the ledger is down", call_id, offline_grant)
@@ -231,7 +262,20 @@ class CreditEngine:
                       max_s=offline_grant, balance=0, reserved=0, seq=0)
         return Authorization(call_id=call_id, org=org, user=user, destination=destination, rate=rate,
                              decision=verdict, terms=terms, grant=grant, month=month,
-                             direction=direction, conference_id=conference_id, fail_open=True)
+                             direction=direction, conference_id=conference_id, fail_open=True,
+                             meta=meta)
+
+    def _release_unknown(self, org: Org, call_id: str, month: str) -> None:
+        """Keep a release of a reservation whose outcome is unknown, written once Redis answers:
+        an unanswered settle gives back whatever a late reservation holds (charge 0, its CDR says
+        'ledger_outage'), and does nothing at all when no reservation was made."""
+        if len(self._unknown) >= MAX_UNKNOWN_RESERVATIONS:
+            # A long outage under a flood of new calls must not grow this without bound: the oldest
+            # is given up (its lease, if it was made at all, runs out and the sweeper settles it).
+            dropped = next(iter(self._unknown))
+            del self._unknown[dropped]
+            log.warning("too many reservations of unknown outcome: %s left to its lease", dropped)
+        self._unknown[call_id] = (org.id, month)
 
     async def adopt(
         self,
@@ -276,8 +320,10 @@ class CreditEngine:
         lease_s = (remaining_s if remaining_s is not None else 0) + self.config.debit_interval_s
         lease_ms = int((lease_s + self.config.lease_grace_s) * 1000)
         try:
-            grant = await self.ledger.extend(auth.org.id, auth.call_id, auth.seq + 1, month=auth.month,
-                                             lease_ms=lease_ms, daily_limit=auth.org.daily_spend_limit)
+            # Retried once with the same seq: a reply that was only late gives the grant it made.
+            grant = await _once_more(lambda: self.ledger.extend(
+                auth.org.id, auth.call_id, auth.seq + 1, month=auth.month, lease_ms=lease_ms,
+                daily_limit=auth.org.daily_spend_limit))
         except LedgerUnavailable:
             self.outage.note_down(time.time())
             # SPEC 4: live calls continue within the time already reserved plus a grace, then end.
@@ -328,10 +374,14 @@ class CreditEngine:
 
     async def _settle_now(self, auth: Authorization, request: dict[str, Any]) -> Settlement:
         if auth.fail_open:
-            meta = {"org": auth.org.id, "user": auth.user.id if auth.user else "",
-                    "callee": auth.destination.number, "class": auth.destination.number_class.value,
-                    "destination": auth.rate.destination if auth.rate else "", "currency": auth.org.currency,
-                    "direction": auth.direction, "conference_id": auth.conference_id}
+            # late_settle also settles a reservation whose reply was lost but which did reach the
+            # ledger: it releases what that holds and charges the whole call once, atomically.
+            meta = dict(auth.meta or {})
+            meta.update({"org": auth.org.id, "user": auth.user.id if auth.user else "",
+                         "callee": auth.destination.number, "class": auth.destination.number_class.value,
+                         "destination": auth.rate.destination if auth.rate else "",
+                         "currency": auth.org.currency, "direction": auth.direction,
+                         "conference_id": auth.conference_id})
             terms = auth.terms if auth.decision.pays == "credits" else RateTerms(rate_per_min=0, connection_fee=0)
             return await self.ledger.late_settle(
                 auth.org.id, auth.call_id, terms=terms, answered=request["answered"],
@@ -343,20 +393,26 @@ class CreditEngine:
 
     @property
     def pending_settlements(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._unknown)
 
     async def retry_pending(self) -> int:
-        """Write the settlements kept during an outage; returns how many are still waiting."""
+        """Write the settlements and releases kept during an outage; returns how many still wait."""
         for call_id, (auth, request) in list(self._pending.items()):
             try:
                 result = await self._settle_now(auth, request)
             except LedgerUnavailable:
-                break
+                return self.pending_settlements
             auth.settled = result
             self._pending.pop(call_id, None)
-        if not self._pending:
-            self.outage.note_up()
-        return len(self._pending)
+        for call_id, (org_id, month) in list(self._unknown.items()):
+            try:
+                await self.ledger.settle(org_id, call_id, 1, month=month, answered=False, duration_ms=0,
+                                         end_reason="ledger_outage", extra={"refused": "ledger_unavailable"})
+            except LedgerUnavailable:
+                return self.pending_settlements
+            self._unknown.pop(call_id, None)
+        self.outage.note_up()
+        return 0
 
     async def sweep(self) -> int:
         """Settle expired reservations of every organization (a gateway process died)."""
@@ -371,7 +427,7 @@ class CreditEngine:
         """Forever: retry kept settlements and sweep expired leases."""
         while True:
             try:
-                if self._pending:
+                if self.pending_settlements:
                     await self.retry_pending()
                 await self.sweep()
             except LedgerUnavailable as exc:

@@ -187,5 +187,7 @@ class CallSession:
         if self.stopped:
             return
         self.stop()
-        reason = "ledger_outage" if self.auth.grant.reason == "ledger_outage" else "credit_exhausted"
+        # A grace after the ledger went away, or a fail-open grant while it was away, ran out: the
+        # call ends for the outage, not for want of credit.
+        reason = "ledger_outage" if self.auth.grant.reason in ("ledger_outage", "fail_open") else "credit_exhausted"
         self._on_exhausted(CreditExhausted(call_id=self.auth.call_id, reason=reason, paid_s=self.auth.granted_s))

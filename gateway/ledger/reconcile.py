@@ -67,6 +67,9 @@ async def reconcile(ledger: Ledger, org: str) -> Reconciliation:
         rep.problems.append(f"reserved {_m(bal.reserved)} exceeds balance {_m(bal.balance)}")
 
     running = 0
+    # What the audit debited each call (refunds count negative): a call charged twice, or charged
+    # by a script that wrote no CDR, shows as a difference from its CDR's charge.
+    debited_by_call: dict[str, int] = {}
     for entry_id, e in await ledger.audit_entries(org):
         amount, after = int(e["amount"]), int(e["balance"])
         running += amount
@@ -80,21 +83,39 @@ async def reconcile(ledger: Ledger, org: str) -> Reconciliation:
             rep.funded += amount
         else:
             rep.debited -= amount
+            if e.get("call"):
+                debited_by_call[e["call"]] = debited_by_call.get(e["call"], 0) - amount
     rep.audit_sum = running
     if running != bal.balance:
         rep.problems.append(f"balance {_m(bal.balance)} != audit total {_m(running)}")
+    elif bal.funded != rep.funded or bal.spent != rep.debited:
+        # The account's counters are written by the same scripts as the audit, so they agree with
+        # it (when the balance itself does not, that difference is already the one to report).
+        rep.problems.append(f"account says funded {_m(bal.funded)} and spent {_m(bal.spent)}, the audit "
+                            f"{_m(rep.funded)} and {_m(rep.debited)}")
 
     seen: set[str] = set()
     for entry_id, c in await ledger.cdr_entries(org):
         rep.cdrs += 1
-        rep.cdr_charges += int(c["charge"])
+        cdr_charge = int(c["charge"])
+        rep.cdr_charges += cdr_charge
+        if cdr_charge < 0:
+            rep.problems.append(f"call {c['call']}: CDR charge is negative ({_m(cdr_charge)})")
         if c["call"] in seen:
             rep.problems.append(f"call {c['call']} has more than one CDR ({entry_id})")
+        elif debited_by_call.get(c["call"], 0) != cdr_charge:
+            rep.problems.append(f"call {c['call']}: CDR charges {_m(cdr_charge)}, the audit debited it "
+                                f"{_m(debited_by_call.get(c['call'], 0))}")
         seen.add(c["call"])
 
     # Every reservation belongs to a live call with a lease, and they add up to 'reserved'.
     live_ids = set(await ledger.live_call_ids(org))
     rep.live_calls = len(live_ids)
+    if bal.live != len(live_ids):
+        rep.problems.append(f"account counts {bal.live} live calls, {len(live_ids)} hold a lease")
+    for call_id, amount in debited_by_call.items():
+        if call_id not in seen and call_id not in live_ids and amount != 0:
+            rep.problems.append(f"call {call_id}: debited {_m(amount)} but has neither a CDR nor a lease")
     held = committed = 0
     for call_id in live_ids:
         rec = await ledger.call_record(org, call_id)
@@ -103,6 +124,9 @@ async def reconcile(ledger: Ledger, org: str) -> Reconciliation:
             continue
         held += rec["held"] - rec["com"]
         committed += rec["com"]
+        if debited_by_call.get(call_id, 0) != rec["com"]:
+            rep.problems.append(f"live call {call_id} committed {_m(rec['com'])}, the audit debited it "
+                                f"{_m(debited_by_call.get(call_id, 0))}")
     rep.live_held = held
     rep.live_committed = committed
     # Every debit is either in a CDR (settled calls) or committed by a call still running.
