@@ -32,6 +32,7 @@ on the loop it is given): time comes in as arguments, and the tests drive it.
 from __future__ import annotations
 
 import asyncio
+import re
 import zlib
 from collections import deque
 from dataclasses import dataclass
@@ -207,24 +208,32 @@ def invite_key(call_id: str, from_tag: str, cseq_number: int) -> int:
 
 # -- the cheap look at a datagram -------------------------------------------------------------
 
-_NAMES = {b"via": "via", b"v": "via", b"from": "from", b"f": "from", b"to": "to", b"t": "to",
-          b"call-id": "call-id", b"i": "call-id", b"cseq": "cseq"}  # fmt: skip
+# The header lines a stateless answer copies, by long or compact name (RFC 3261 §7.3.3), any case:
+# one regular expression over the header section finds them all (a loop over every line costs more).
+_FIELD_RE = re.compile(rb"\n(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*([^\r\n]*)", re.I)
+_FIELD_KEYS = {b"via": 0, b"v": 0, b"from": 1, b"f": 1, b"to": 2, b"t": 2, b"call-id": 3, b"i": 3, b"cseq": 4}
+_FIELD_KEYS.update({b"Via": 0, b"From": 1, b"To": 2, b"Call-ID": 3, b"CSeq": 4})  # as nearly everyone writes them
+_TAG_RE = re.compile(rb";[ \t]*tag[ \t]*=[ \t]*([^;,> \t]+)", re.I)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class RequestHead:
     """The request line's method and the header lines a stateless answer copies (RFC 3261 §8.2.6.2),
-    as they came (values with surrounding whitespace removed), plus the tags and CSeq number."""
+    as they came (values with surrounding whitespace removed), plus the tags and CSeq number.
+    (A plain slotted class: this is built for every INVITE of a flood.)"""
 
-    method: str
-    vias: tuple[bytes, ...]
-    from_: bytes
-    to: bytes
-    call_id: bytes
-    cseq: bytes
-    cseq_number: int
-    from_tag: str
-    to_tag: str
+    __slots__ = ("method", "vias", "from_", "to", "call_id", "cseq", "cseq_number", "from_tag", "to_tag")
+
+    def __init__(self, method: str, vias: list[bytes], from_: bytes, to: bytes, call_id: bytes, cseq: bytes,
+                 cseq_number: int) -> None:
+        self.method = method
+        self.vias = vias
+        self.from_ = from_
+        self.to = to
+        self.call_id = call_id
+        self.cseq = cseq
+        self.cseq_number = cseq_number
+        self.from_tag = _tag(from_)
+        self.to_tag = _tag(to)
 
     @property
     def key(self) -> int:
@@ -235,61 +244,50 @@ def _tag(value: bytes) -> str:
     """The tag parameter of a From/To value ('' when absent). Parameters inside <...> belong to the
     URI; without brackets every parameter is the header's (RFC 3261 §20: a URI with ';' must be
     bracketed)."""
-    params = value[value.rfind(b">") + 1:]
-    at = params.lower().find(b";tag=")
-    if at < 0:
-        return ""
-    rest = params[at + 5:]
-    for stop in (b";", b",", b" ", b"\t"):
-        cut = rest.find(stop)
-        if cut >= 0:
-            rest = rest[:cut]
-    return rest.decode("utf-8", "surrogateescape")
+    m = _TAG_RE.search(value, value.rfind(b">") + 1)
+    return m.group(1).decode("utf-8", "surrogateescape") if m else ""
 
 
 def peek_request(data: bytes) -> RequestHead | None:
-    """INVITE and ACK requests, read from their header lines only; None for anything else and for
+    """INVITE and ACK requests, read from a few header lines only; None for anything else and for
     anything unusual (folded lines, a header missing or repeated, a CSeq that does not match): the
     full parser then reads the message and answers what is wrong with it."""
     if data.startswith(b"INVITE "):
-        method = "INVITE"
+        method, cseq_method = "INVITE", b"INVITE"
     elif data.startswith(b"ACK "):
-        method = "ACK"
+        method, cseq_method = "ACK", b"ACK"
     else:
         return None
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
+    line_end = data.find(b"\r\n")
+    if data[line_end - 8:line_end] != b" SIP/2.0":
+        return None
     head = data[:end]
-    if b"\r\n " in head or b"\r\n\t" in head:
+    if b"\n " in head or b"\n\t" in head:  # folded lines: the full parser unfolds them
         return None
     vias: list[bytes] = []
-    found: dict[str, bytes] = {}
-    lines = head.split(b"\r\n")
-    if not lines[0].endswith(b" SIP/2.0"):
-        return None
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            return None
-        key = _NAMES.get(name.rstrip(b" \t").lower())
-        if key is None:
-            continue
+    one: list[bytes | None] = [None, None, None, None, None]
+    keys = _FIELD_KEYS
+    for name, value in _FIELD_RE.findall(head):
+        i = keys.get(name)
+        if i is None:
+            i = keys[name.lower()]
         value = value.strip(b" \t")
-        if key == "via":
+        if i == 0:
             vias.append(value)
-        elif key in found:
+        elif one[i] is not None:
             return None
         else:
-            found[key] = value
-    if not vias or len(found) != 4:
+            one[i] = value
+    _, from_, to, call_id, cseq = one
+    if not vias or from_ is None or to is None or not call_id or cseq is None:
         return None
-    cseq = found["cseq"].split()
-    if len(cseq) != 2 or cseq[1] != method.encode() or not cseq[0].isdigit() or len(cseq[0]) > 10:
+    number, _, cseq_name = cseq.partition(b" ")
+    if cseq_name.strip(b" \t") != cseq_method or not number.isdigit() or len(number) > 10:
         return None
-    return RequestHead(method=method, vias=tuple(vias), from_=found["from"], to=found["to"],
-                       call_id=found["call-id"], cseq=found["cseq"], cseq_number=int(cseq[0]),
-                       from_tag=_tag(found["from"]), to_tag=_tag(found["to"]))
+    return RequestHead(method, vias, from_, to, call_id, cseq, int(number))
 
 
 def is_refusal_ack(data: bytes) -> bool:
