@@ -12,7 +12,12 @@ wasted and throughput collapses (measured: 300 call setups/s at capacity, about 
    handful of header lines (``peek_request``), without the full parse, and ``Admission`` decides
    from cheap numbers: live calls, setups in the current second, the event loop's lateness
    (``LoadMeter``) and how long the datagram waited in the socket's receive queue (the kernel's
-   receive timestamp: a backlog the loop's lateness cannot see). A refused INVITE gets a stateless
+   receive timestamp: a backlog the loop's lateness cannot see). Those two signals come late: by
+   the time requests queue too long, the calls admitted meanwhile have work still to come. So each
+   time they fire, ``RateCeiling`` cuts the rate at which new calls are admitted (to 3/4 of what was
+   admitted), and raises it again slowly while they stay quiet (additive increase, multiplicative
+   decrease, as TCP does): past capacity the gateway admits about its capacity, steadily, and refuses
+   the rest as soon as they arrive instead of after they queued. A refused INVITE gets a stateless
    503 with ``Retry-After`` (RFC 3261 §8.2.7, §21.5.4) built from those few lines
    (``refusal_bytes``): no transaction, no call, no log line of its own.
 2. **Refuse the same request the same way.** Its retransmissions get the same 503 (same To tag,
@@ -40,6 +45,7 @@ from dataclasses import dataclass
 __all__ = [
     "Admission",
     "LoadMeter",
+    "RateCeiling",
     "RecentlyRefused",
     "Refusal",
     "RequestHead",
@@ -131,6 +137,76 @@ class SetupMeter:
         return True
 
 
+class RateCeiling:
+    """A ceiling on new calls per second, learnt from overload signals (AIMD).
+
+    No ceiling at first. ``overloaded(now, arrived)`` (a request that arrived at ``arrived`` queued
+    too long, or the loop runs behind) sets it to ``cut`` times the rate admitted lately, and cuts it
+    again only for a request that arrived *after* the last cut: the requests queued before it show
+    the load of before, and cutting for each of them would drive the ceiling to nothing while the
+    backlog drains. Each ``step_s`` without a cut raises it by ``grow`` (5 % a quarter second:
+    doubling in about 3.5 s); ``quiet_s`` without any signal lifts it. Admissions draw from a token bucket at the
+    ceiling's rate holding a tenth of a second's worth, so a short burst is not refused for being a
+    burst. Pure: time comes in as arguments.
+    """
+
+    def __init__(self, *, cut: float = 0.75, grow: float = 0.05, step_s: float = 0.25, quiet_s: float = 10.0,
+                 floor: float = 1.0) -> None:
+        self.cut, self.grow, self.step_s, self.quiet_s, self.floor = cut, grow, step_s, quiet_s, floor
+        self.rate: float | None = None
+        self._tokens = 0.0
+        self._refilled = 0.0
+        self._cut_at = float("-inf")
+        self._grown_at = 0.0
+        # Admissions in the current and the previous window of step_s: the rate admitted lately.
+        self._window_start = 0.0
+        self._window = 0
+        self._previous = 0
+
+    def _roll(self, now: float) -> None:
+        if now - self._window_start >= self.step_s:
+            # An idle gap longer than one window leaves nothing in "previous".
+            self._previous = self._window if now - self._window_start < 2 * self.step_s else 0
+            self._window = 0
+            self._window_start = now
+
+    def admitted_rate(self, now: float) -> float:
+        self._roll(now)
+        return (self._previous + self._window) / (self.step_s + max(now - self._window_start, 0.0))
+
+    def overloaded(self, now: float, arrived: float) -> None:
+        """An overload signal at ``now`` about a request that arrived at ``arrived``."""
+        if arrived <= self._cut_at:
+            return  # queued before the last cut: that cut has yet to show
+        base = self.admitted_rate(now) if self.rate is None else self.rate
+        self.rate = max(self.floor, base * self.cut)
+        self._tokens = min(self._tokens, self._burst())
+        self._cut_at = self._grown_at = self._refilled = now
+
+    def _burst(self) -> float:
+        assert self.rate is not None
+        return max(1.0, self.rate * 0.1)
+
+    def admit(self, now: float) -> bool:
+        """Whether one more call may be admitted at ``now`` (counted if so)."""
+        rate = self.rate
+        if rate is not None:
+            if now - self._cut_at >= self.quiet_s:
+                self.rate = None
+            else:
+                while now - self._grown_at >= self.step_s:
+                    self._grown_at += self.step_s
+                    rate = self.rate = rate * (1.0 + self.grow)
+                self._tokens = min(self._burst(), self._tokens + (now - self._refilled) * rate)
+                self._refilled = now
+                if self._tokens < 1.0:
+                    return False
+                self._tokens -= 1.0
+        self._roll(now)
+        self._window += 1
+        return True
+
+
 class Admission:
     """Whether a new call may start now: the limits of ``[sip]``, checked cheapest first.
 
@@ -146,11 +222,13 @@ class Admission:
         self.max_queue_age_s = max_queue_age_ms / 1000.0
         self.retry_after_s = retry_after_s
         self.setups = SetupMeter()
+        self.ceiling = RateCeiling()
         # One object per cause: a flood of refusals allocates nothing here.
         self.refusals = {cause: Refusal(status=503, reason=reason, retry_after=retry_after_s, cause=cause)
                          for cause, reason in (("live_calls", "too many live calls"),
                                                ("queue_age", "overloaded: requests queued too long"),
                                                ("loop_lag", "overloaded: event loop behind"),
+                                               ("ceiling", "overloaded"),
                                                ("setups", "too many call setups per second"))}
 
     def decide(self, now: float, *, live_calls: int, loop_lag_s: float, queue_age_s: float) -> Refusal | None:
@@ -158,11 +236,16 @@ class Admission:
         if self.max_live_calls and live_calls >= self.max_live_calls:
             return self.refusals["live_calls"]
         if self.max_queue_age_s and queue_age_s > self.max_queue_age_s:
+            self.ceiling.overloaded(now, now - queue_age_s)
             return self.refusals["queue_age"]
         if self.max_loop_lag_s and loop_lag_s > self.max_loop_lag_s:
+            self.ceiling.overloaded(now, now - loop_lag_s)
             return self.refusals["loop_lag"]
-        if not self.setups.admit(now, self.max_setups_per_s):
-            return self.refusals["setups"]
+        if self.max_setups_per_s and self.setups.second == int(now) and self.setups.count >= self.max_setups_per_s:
+            return self.refusals["setups"]  # checked before the ceiling, which would count the setup
+        if not self.ceiling.admit(now):
+            return self.refusals["ceiling"]
+        self.setups.admit(now, self.max_setups_per_s)
         return None
 
 

@@ -12,6 +12,7 @@ from gateway.b2bua.overload import (
     SHED_TAG_PREFIX,
     Admission,
     RecentlyRefused,
+    RateCeiling,
     Refusal,
     SetupMeter,
     invite_key,
@@ -286,3 +287,59 @@ def test_an_invite_the_look_cannot_read_is_screened_after_the_full_parse(stack) 
     assert isinstance(resp, Response) and resp.status == 503 and resp.headers.get("Retry-After") == "5"
     s._on_datagram(folded, PEER, 0.0)
     assert len(user.screened) == 1 and sent[1][0] == sent[0][0]
+
+
+# -- the learnt ceiling ---------------------------------------------------------------------------
+
+
+def _offer(ceiling: RateCeiling, start: float, seconds: float, rate: float) -> int:
+    """Offer ``rate`` calls a second for ``seconds`` from ``start``: how many were admitted."""
+    n = int(seconds * rate)
+    return sum(ceiling.admit(start + i / rate) for i in range(n))
+
+
+def test_the_ceiling_is_cut_by_overload_and_grows_back_while_quiet() -> None:
+    ceiling = RateCeiling()
+    assert _offer(ceiling, 0.0, 1.0, 400) == 400  # no ceiling until a signal
+    ceiling.overloaded(1.0, arrived=0.7)
+    assert ceiling.rate == pytest.approx(300, rel=0.05)  # 3/4 of the rate admitted lately
+    ceiling.overloaded(1.2, arrived=0.95)  # queued before the cut: the cut has yet to show
+    assert ceiling.rate == pytest.approx(300, rel=0.05)
+    ceiling.overloaded(1.25, arrived=1.01)  # arrived after it and still queued too long: cut again
+    assert ceiling.rate == pytest.approx(225, rel=0.05)
+    # Offered far more than the ceiling for one quiet second: about the ceiling, growing 5 % a step.
+    admitted = _offer(ceiling, 1.25, 1.0, 3000)
+    assert 225 <= admitted <= 225 * 1.05**4 + 0.1 * 275, admitted
+    assert ceiling.rate == pytest.approx(225 * 1.05**3, rel=0.01)  # three whole steps since the cut
+    # Ten quiet seconds after the last cut, no ceiling at all.
+    ceiling.admit(5.0)
+    assert ceiling.rate is not None  # still within ten seconds of the cut
+    assert ceiling.admit(11.3) and ceiling.rate is None
+    assert _offer(ceiling, 12.0, 0.5, 3000) == 1500
+
+
+def test_the_ceiling_never_drops_below_its_floor_and_is_not_cut_for_a_backlog_of_before() -> None:
+    ceiling = RateCeiling(floor=2.0)
+    for i in range(1, 40):  # overload signals with nothing admitted: the floor holds
+        ceiling.overloaded(i * 0.25, arrived=i * 0.25 - 0.01)
+    assert ceiling.rate == 2.0
+    ceiling = RateCeiling()
+    _offer(ceiling, 0.0, 1.0, 100)
+    ceiling.overloaded(1.0, arrived=0.5)
+    assert ceiling.rate == pytest.approx(75, rel=0.05)
+    for i in range(1, 6):  # a backlog queued before the cut drains: no further cut
+        ceiling.overloaded(1.0 + i * 0.1, arrived=0.5 + i * 0.1)
+    assert ceiling.rate == pytest.approx(75, rel=0.01)
+
+
+def test_admission_learns_the_ceiling_from_queued_invites() -> None:
+    adm = admission(max_queue_age_ms=200)
+    for i in range(300):  # 300/s admitted, fresh
+        assert adm.decide(i / 300, live_calls=0, loop_lag_s=0, queue_age_s=0.01) is None
+    got = adm.decide(1.0, live_calls=0, loop_lag_s=0, queue_age_s=0.5)
+    assert got is not None and got.cause == "queue_age"
+    # Fresh INVITEs offered at 3000/s next: refused at once beyond the ceiling, not after queueing.
+    verdicts = [adm.decide(1.0 + i / 3000, live_calls=0, loop_lag_s=0, queue_age_s=0.0) for i in range(1500)]
+    admitted = sum(v is None for v in verdicts)
+    assert 100 <= admitted <= 150, admitted
+    assert {v.cause for v in verdicts if v is not None} == {"ceiling"}
