@@ -131,7 +131,9 @@ class B2BUA:
                                    max_loop_lag_ms=config.max_loop_lag_ms, max_queue_age_ms=config.max_queue_age_ms,
                                    retry_after_s=config.overload_retry_after_s)
         self._shed: dict[str, int] = {}  # refusals for load since the last summary line
-        self._shed_logged = 0.0
+        self._shed_logged = float("-inf")
+        self._shed_age_s = 0.0
+        self._shed_report: asyncio.TimerHandle | None = None
         self.draining = False
         self.counters: dict[str, int] = {}
 
@@ -245,16 +247,27 @@ class B2BUA:
             return None
         self._count("refused_503")
         self._count(f"overload_{refusal.cause}")
-        # One line a second at most: a flood must not turn into a flood of log lines.
+        # One line a second at most: a flood must not turn into a flood of log lines. The first
+        # refusal is reported at once, the ones after it at the end of that second.
         self._shed[refusal.cause] = self._shed.get(refusal.cause, 0) + 1
+        self._shed_age_s = queue_age_s
         if now - self._shed_logged >= 1.0:
-            log.warning("overload: refused %d new calls with 503 since the last report (%s); %d live calls, "
-                        "event loop %.0f ms behind, last INVITE queued %.0f ms",
-                        sum(self._shed.values()), ", ".join(f"{k}: {v}" for k, v in sorted(self._shed.items())),
-                        len(self.calls), self.load.lag_s * 1000, queue_age_s * 1000)
-            self._shed.clear()
-            self._shed_logged = now
+            self._report_shed()
+        elif self._shed_report is None:
+            self._shed_report = self.stack.loop.call_at(self._shed_logged + 1.0, self._report_shed)
         return refusal
+
+    def _report_shed(self) -> None:
+        self._shed_report = None
+        if not self._shed:
+            return
+        log.warning("overload: refused %d new calls with 503 (%s); %d live calls, event loop %.0f ms behind, "
+                    "last refused INVITE queued %.0f ms, admission ceiling %s", sum(self._shed.values()),
+                    ", ".join(f"{k}: {v}" for k, v in sorted(self._shed.items())), len(self.calls),
+                    self.load.lag_s * 1000, self._shed_age_s * 1000,
+                    "none" if self.admission.ceiling.rate is None else f"{self.admission.ceiling.rate:.0f}/s")
+        self._shed.clear()
+        self._shed_logged = self.stack.now()
 
     def on_terminated(self, txn: ClientTransaction | ServerTransaction) -> None:
         call = txn.context
@@ -817,3 +830,6 @@ class B2BUA:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
         self.load.stop()
+        if self._shed_report is not None:
+            self._shed_report.cancel()
+            self._report_shed()

@@ -211,8 +211,14 @@ class Admission:
     """Whether a new call may start now: the limits of ``[sip]``, checked cheapest first.
 
     Limits of 0 are off. A refusal never counts as a setup, so a flood of refused INVITEs does not
-    use up the second's setups for the calls that come after it.
+    use up the second's setups for the calls that come after it. An INVITE that queued too long is
+    refused, but the ceiling is cut only for a standing queue: INVITEs still queued too long
+    ``standing_s`` after the first one, with no fresh one between. One pause of the process (a
+    neighbour took the CPU, a collection ran) leaves a few stale INVITEs behind it, not an overload,
+    and must not cost the next second's calls.
     """
+
+    standing_s = 0.1
 
     def __init__(self, *, max_live_calls: int, max_setups_per_s: int, max_loop_lag_ms: int,
                  max_queue_age_ms: int, retry_after_s: int) -> None:
@@ -223,6 +229,7 @@ class Admission:
         self.retry_after_s = retry_after_s
         self.setups = SetupMeter()
         self.ceiling = RateCeiling()
+        self._stale_since: float | None = None  # first of the INVITEs queued too long in a row
         # One object per cause: a flood of refusals allocates nothing here.
         self.refusals = {cause: Refusal(status=503, reason=reason, retry_after=retry_after_s, cause=cause)
                          for cause, reason in (("live_calls", "too many live calls"),
@@ -236,8 +243,12 @@ class Admission:
         if self.max_live_calls and live_calls >= self.max_live_calls:
             return self.refusals["live_calls"]
         if self.max_queue_age_s and queue_age_s > self.max_queue_age_s:
-            self.ceiling.overloaded(now, now - queue_age_s)
+            if self._stale_since is None:
+                self._stale_since = now
+            elif now - self._stale_since >= self.standing_s:
+                self.ceiling.overloaded(now, now - queue_age_s)
             return self.refusals["queue_age"]
+        self._stale_since = None
         if self.max_loop_lag_s and loop_lag_s > self.max_loop_lag_s:
             self.ceiling.overloaded(now, now - loop_lag_s)
             return self.refusals["loop_lag"]

@@ -338,8 +338,16 @@ def test_admission_learns_the_ceiling_from_queued_invites() -> None:
         assert adm.decide(i / 300, live_calls=0, loop_lag_s=0, queue_age_s=0.01) is None
     got = adm.decide(1.0, live_calls=0, loop_lag_s=0, queue_age_s=0.5)
     assert got is not None and got.cause == "queue_age"
+    assert adm.ceiling.rate is None  # one stale INVITE (a pause of the process): no ceiling yet
+    assert adm.decide(1.05, live_calls=0, loop_lag_s=0, queue_age_s=0.01) is None  # a fresh one between
+    for at in (1.1, 1.15, 1.19):
+        assert adm.decide(at, live_calls=0, loop_lag_s=0, queue_age_s=0.5) is not None
+    assert adm.ceiling.rate is None
+    # Still queued too long 100 ms after the first of a row: a standing queue, the ceiling is cut.
+    assert adm.decide(1.21, live_calls=0, loop_lag_s=0, queue_age_s=0.5) is not None
+    assert adm.ceiling.rate is not None
     # Fresh INVITEs offered at 3000/s next: refused at once beyond the ceiling, not after queueing.
-    verdicts = [adm.decide(1.0 + i / 3000, live_calls=0, loop_lag_s=0, queue_age_s=0.0) for i in range(1500)]
+    verdicts = [adm.decide(1.2 + i / 3000, live_calls=0, loop_lag_s=0, queue_age_s=0.0) for i in range(1500)]
     admitted = sum(v is None for v in verdicts)
     assert 100 <= admitted <= 150, admitted
     assert {v.cause for v in verdicts if v is not None} == {"ceiling"}
