@@ -252,6 +252,8 @@ class B2BUA:
         self._shed[refusal.cause] = self._shed.get(refusal.cause, 0) + 1
         self._shed_age_s = queue_age_s
         if now - self._shed_logged >= 1.0:
+            if self._shed_report is not None:  # due, but the socket was read first
+                self._shed_report.cancel()
             self._report_shed()
         elif self._shed_report is None:
             self._shed_report = self.stack.loop.call_at(self._shed_logged + 1.0, self._report_shed)

@@ -15,8 +15,8 @@ wasted and throughput collapses (measured: 300 call setups/s at capacity, about 
    receive timestamp: a backlog the loop's lateness cannot see). Those two signals come late: by
    the time requests queue too long, the calls admitted meanwhile have work still to come. So each
    time they fire, ``RateCeiling`` cuts the rate at which new calls are admitted (to 3/4 of what was
-   admitted), and raises it again slowly while they stay quiet (additive increase, multiplicative
-   decrease, as TCP does): past capacity the gateway admits about its capacity, steadily, and refuses
+   admitted), and raises it again step by step while they stay quiet (multiplicative decrease, as
+   TCP does): past capacity the gateway admits about its capacity, steadily, and refuses
    the rest as soon as they arrive instead of after they queued. A refused INVITE gets a stateless
    503 with ``Retry-After`` (RFC 3261 §8.2.7, §21.5.4) built from those few lines
    (``refusal_bytes``): no transaction, no call, no log line of its own.
@@ -144,13 +144,14 @@ class RateCeiling:
     too long, or the loop runs behind) sets it to ``cut`` times the rate admitted lately, and cuts it
     again only for a request that arrived *after* the last cut: the requests queued before it show
     the load of before, and cutting for each of them would drive the ceiling to nothing while the
-    backlog drains. Each ``step_s`` without a cut raises it by ``grow`` (5 % a quarter second:
-    doubling in about 3.5 s); ``quiet_s`` without any signal lifts it. Admissions draw from a token bucket at the
+    backlog drains. Each ``step_s`` without a cut raises it by ``grow`` (10 % a quarter second:
+    doubling in under 2 s, so a ceiling set while a neighbour held the CPU does not outlive it for
+    long); ``quiet_s`` without any signal lifts it. Admissions draw from a token bucket at the
     ceiling's rate holding a tenth of a second's worth, so a short burst is not refused for being a
     burst. Pure: time comes in as arguments.
     """
 
-    def __init__(self, *, cut: float = 0.75, grow: float = 0.05, step_s: float = 0.25, quiet_s: float = 10.0,
+    def __init__(self, *, cut: float = 0.75, grow: float = 0.10, step_s: float = 0.25, quiet_s: float = 10.0,
                  floor: float = 1.0) -> None:
         self.cut, self.grow, self.step_s, self.quiet_s, self.floor = cut, grow, step_s, quiet_s, floor
         self.rate: float | None = None

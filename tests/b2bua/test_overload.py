@@ -307,10 +307,10 @@ def test_the_ceiling_is_cut_by_overload_and_grows_back_while_quiet() -> None:
     assert ceiling.rate == pytest.approx(300, rel=0.05)
     ceiling.overloaded(1.25, arrived=1.01)  # arrived after it and still queued too long: cut again
     assert ceiling.rate == pytest.approx(225, rel=0.05)
-    # Offered far more than the ceiling for one quiet second: about the ceiling, growing 5 % a step.
+    # Offered far more than the ceiling for one quiet second: about the ceiling, growing 10 % a step.
     admitted = _offer(ceiling, 1.25, 1.0, 3000)
-    assert 225 <= admitted <= 225 * 1.05**4 + 0.1 * 275, admitted
-    assert ceiling.rate == pytest.approx(225 * 1.05**3, rel=0.01)  # three whole steps since the cut
+    assert 225 <= admitted <= 225 * 1.1**4 + 0.1 * 330, admitted
+    assert ceiling.rate == pytest.approx(225 * 1.1**3, rel=0.01)  # three whole steps since the cut
     # Ten quiet seconds after the last cut, no ceiling at all.
     ceiling.admit(5.0)
     assert ceiling.rate is not None  # still within ten seconds of the cut
