@@ -159,21 +159,25 @@ class RateCeiling:
         self._refilled = 0.0
         self._cut_at = float("-inf")
         self._grown_at = 0.0
-        # Admissions in the current and the previous window of step_s: the rate admitted lately.
-        self._window_start = 0.0
-        self._window = 0
-        self._previous = 0
+        # Admissions in the current second and the two before it. The first ceiling starts from the
+        # best of the two whole seconds: by the time a standing queue is seen, the last few hundred
+        # milliseconds admitted next to nothing (the INVITEs read were stale), and starting from
+        # them would shut the door on a gateway that was carrying its full load a moment before.
+        self._second = 0
+        self._counts = [0, 0, 0]  # this second, the one before, the one before that
 
     def _roll(self, now: float) -> None:
-        if now - self._window_start >= self.step_s:
-            # An idle gap longer than one window leaves nothing in "previous".
-            self._previous = self._window if now - self._window_start < 2 * self.step_s else 0
-            self._window = 0
-            self._window_start = now
+        second = int(now)
+        if second != self._second:
+            gap = second - self._second
+            counts = self._counts
+            self._counts = [0, counts[0] if gap == 1 else 0, counts[1] if gap == 1 else counts[0] if gap == 2 else 0]
+            self._second = second
 
     def admitted_rate(self, now: float) -> float:
+        """Calls admitted in the busier of the last two whole seconds (this one's so far if none)."""
         self._roll(now)
-        return (self._previous + self._window) / (self.step_s + max(now - self._window_start, 0.0))
+        return float(max(self._counts[1], self._counts[2]) or self._counts[0])
 
     def overloaded(self, now: float, arrived: float) -> None:
         """An overload signal at ``now`` about a request that arrived at ``arrived``."""
@@ -204,7 +208,7 @@ class RateCeiling:
                     return False
                 self._tokens -= 1.0
         self._roll(now)
-        self._window += 1
+        self._counts[0] += 1
         return True
 
 

@@ -351,3 +351,16 @@ def test_admission_learns_the_ceiling_from_queued_invites() -> None:
     admitted = sum(v is None for v in verdicts)
     assert 10 <= admitted <= 150, admitted  # about what was admitted lately, not the 1500 offered
     assert {v.cause for v in verdicts if v is not None} == {"ceiling"}
+
+
+def test_a_standing_queue_after_a_busy_second_starts_the_ceiling_from_that_second() -> None:
+    adm = admission(max_queue_age_ms=200)
+    for i in range(300):  # a second carrying 300 calls
+        assert adm.decide(i / 300, live_calls=0, loop_lag_s=0, queue_age_s=0.0) is None
+    for i in range(40):  # then 400 ms of nothing but stale INVITEs: a standing queue
+        assert adm.decide(1.0 + i * 0.01, live_calls=0, loop_lag_s=0, queue_age_s=0.4) is not None
+    # The ceiling starts from the busy second (3/4 of it), not from the empty last 400 ms.
+    assert adm.ceiling.rate == pytest.approx(225, rel=0.01)
+    admitted = sum(adm.decide(1.5 + i / 3000, live_calls=0, loop_lag_s=0, queue_age_s=0.0) is None
+                   for i in range(1500))
+    assert 100 <= admitted <= 200, admitted  # about the ceiling (growing), far below the 1500 offered
