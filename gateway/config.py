@@ -66,6 +66,18 @@ class SipConfig:
     max_setups_per_s: int = 5_000
     drain_timeout_s: float = 30.0
     max_loop_lag_ms: int = 150  # new calls get 503 while the process runs this far behind
+    # New calls get 503 when their INVITE waited this long in the UDP socket's receive queue: a
+    # backlog the event loop's lateness does not show (0: off). Below T1 (500 ms), so what is
+    # admitted is answered before its caller retransmits.
+    max_queue_age_ms: int = 200
+    overload_retry_after_s: int = 5  # the Retry-After of a 503 for load
+
+    def __post_init__(self) -> None:
+        for name in ("max_live_calls", "max_setups_per_s", "max_loop_lag_ms", "max_queue_age_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"[sip] {name} must not be negative (0: no limit)")
+        if self.overload_retry_after_s < 1:
+            raise ConfigError("[sip] overload_retry_after_s must be at least 1")
 
     @property
     def address(self) -> tuple[str, int]:

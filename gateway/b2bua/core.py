@@ -34,6 +34,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from gateway.b2bua.call import Call, CallState, Leg, passthrough
+from gateway.b2bua.overload import Admission, LoadMeter, Refusal
 from gateway.b2bua.routing import (
     Origin,
     calling_number,
@@ -98,67 +99,6 @@ def _warning_text(text: str) -> str:
     return text.replace("\\", "").replace('"', "'").replace("\r", " ").replace("\n", " ")[:200]
 
 
-class LoadMeter:
-    """How far behind the event loop runs: a moving average of the lateness of a tick armed every
-    ``interval_s``.
-
-    A process past its capacity answers late, the callers retransmit, and the retransmissions take
-    the capacity that was left: throughput collapses. Watching the loop's own lateness lets new calls
-    be refused with 503 (cheap) before that happens, while calls in progress keep their deadlines.
-    The average (each tick weighs ``weight``) rises within a few ticks of a real overload but hardly
-    moves for one pause (a garbage collection, a slow disk write), which must not refuse calls.
-    """
-
-    def __init__(self, interval_s: float = 0.05, weight: float = 0.2) -> None:
-        self.interval_s = interval_s
-        self.weight = weight
-        self.lag_s = 0.0
-        self._expected = 0.0
-        self._handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def observe(self, late_s: float) -> float:
-        """Fold one tick's lateness into the average (pure: the tests drive it)."""
-        self.lag_s += self.weight * (late_s - self.lag_s)
-        return self.lag_s
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._expected = loop.time() + self.interval_s
-        self._handle = loop.call_at(self._expected, self._tick)
-
-    def _tick(self) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
-        self.observe(max(now - self._expected, 0.0))
-        self._expected = now + self.interval_s
-        self._handle = self._loop.call_at(self._expected, self._tick)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
-class _SetupMeter:
-    """Call setups in the current second, for the overload bound (SPEC 3.6: 503 on overload)."""
-
-    __slots__ = ("second", "count")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.count = 0
-
-    def admit(self, now: float, limit: int) -> bool:
-        sec = int(now)
-        if sec != self.second:
-            self.second, self.count = sec, 0
-        if limit and self.count >= limit:
-            return False
-        self.count += 1
-        return True
-
-
 class B2BUA:
     """All calls of one gateway process."""
 
@@ -185,9 +125,15 @@ class B2BUA:
         self.calls: dict[str, Call] = {}
         self._legs: dict[tuple[str, str], tuple[Call, Leg]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._setups = _SetupMeter()
         self.load = LoadMeter()
         self.load.start(stack.loop)
+        self.admission = Admission(max_live_calls=config.max_live_calls, max_setups_per_s=config.max_setups_per_s,
+                                   max_loop_lag_ms=config.max_loop_lag_ms, max_queue_age_ms=config.max_queue_age_ms,
+                                   retry_after_s=config.overload_retry_after_s)
+        self._shed: dict[str, int] = {}  # refusals for load since the last summary line
+        self._shed_logged = float("-inf")
+        self._shed_age_s = 0.0
+        self._shed_report: asyncio.TimerHandle | None = None
         self.draining = False
         self.counters: dict[str, int] = {}
 
@@ -289,6 +235,42 @@ class B2BUA:
                 if server.state in (State.TRYING, State.PROCEEDING):
                     self._answer(server, server.request, 408, to_tag=ctx[2].local_tag)
 
+    def screen_invite(self, call_id: str, from_tag: str, queue_age_s: float) -> Refusal | None:
+        """Whether a new INVITE may start a call now (None), or its refusal: asked by the stack before
+        the INVITE is parsed in full (see ``gateway.b2bua.overload``)."""
+        if (call_id, from_tag) in self._legs:
+            return None  # a retransmission of a call's INVITE (or a merged request): the full path answers
+        now = self.stack.now()
+        refusal = self.admission.decide(now, live_calls=len(self.calls), loop_lag_s=self.load.lag_s,
+                                        queue_age_s=queue_age_s)
+        if refusal is None:
+            return None
+        self._count("refused_503")
+        self._count(f"overload_{refusal.cause}")
+        # One line a second at most: a flood must not turn into a flood of log lines. The first
+        # refusal is reported at once, the ones after it at the end of that second.
+        self._shed[refusal.cause] = self._shed.get(refusal.cause, 0) + 1
+        self._shed_age_s = queue_age_s
+        if now - self._shed_logged >= 1.0:
+            if self._shed_report is not None:  # due, but the socket was read first
+                self._shed_report.cancel()
+            self._report_shed()
+        elif self._shed_report is None:
+            self._shed_report = self.stack.loop.call_at(self._shed_logged + 1.0, self._report_shed)
+        return refusal
+
+    def _report_shed(self) -> None:
+        self._shed_report = None
+        if not self._shed:
+            return
+        log.warning("overload: refused %d new calls with 503 (%s); %d live calls, event loop %.0f ms behind, "
+                    "last refused INVITE queued %.0f ms, admission ceiling %s", sum(self._shed.values()),
+                    ", ".join(f"{k}: {v}" for k, v in sorted(self._shed.items())), len(self.calls),
+                    self.load.lag_s * 1000, self._shed_age_s * 1000,
+                    "none" if self.admission.ceiling.rate is None else f"{self.admission.ceiling.rate:.0f}/s")
+        self._shed.clear()
+        self._shed_logged = self.stack.now()
+
     def on_terminated(self, txn: ClientTransaction | ServerTransaction) -> None:
         call = txn.context
         if isinstance(txn, ServerTransaction) and isinstance(call, Call) and txn is call.a.invite_txn:
@@ -336,12 +318,7 @@ class B2BUA:
         if self.draining:
             self._refuse(call, 503, "gateway shutting down", retry_after=30)
             return
-        if (self.live_calls > self.config.max_live_calls
-                or self.load.lag_s * 1000 > self.config.max_loop_lag_ms
-                or not self._setups.admit(now, self.config.max_setups_per_s)):
-            self._count("overload")
-            self._refuse(call, 503, "overloaded", retry_after=5)
-            return
+        # Load was judged before the parse (screen_invite): what reaches here was admitted.
         self._spawn(self._setup(call, request))
 
     def _refuse(self, call: Call, status: int, reason: str, *, retry_after: int | None = None,
@@ -857,3 +834,6 @@ class B2BUA:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
         self.load.stop()
+        if self._shed_report is not None:
+            self._shed_report.cancel()
+            self._report_shed()

@@ -5,6 +5,13 @@ answers what cannot be processed (RFC 4475: 400, 416, 420, 483, 501, 505 ... sta
 bad responses), feeds the rest to the ``TransactionLayer`` and gives the transaction user (the
 B2BUA) what concerns it. Transaction timers are one ``loop.call_at`` for the earliest deadline the
 layer reports, re-armed after every input. Time is the loop's monotonic clock.
+
+New INVITEs are screened before anything else (see ``gateway.b2bua.overload``): over UDP from a
+look at their header lines, before the full parse, so that past capacity a refused INVITE costs a
+few microseconds and a stateless 503 instead of a parse, a transaction and a call. The transaction
+user says whether the call may start (``screen_invite``); the stack answers the refusal, remembers
+it (its retransmissions get the same 503, even once the load has passed) and drops the ACK of it.
+Nothing else is ever refused for load: in-dialog requests and responses keep the full path.
 """
 
 from __future__ import annotations
@@ -14,8 +21,18 @@ import logging
 import secrets
 from typing import Any, Protocol
 
+from gateway.b2bua.overload import (
+    RecentlyRefused,
+    Refusal,
+    RequestHead,
+    invite_key,
+    is_refusal_ack,
+    peek_request,
+    refusal_bytes,
+    refusal_tag,
+)
 from gateway.sip.errors import DropMessage, SipError
-from gateway.sip.message import Request, Response, make_error_response
+from gateway.sip.message import Request, Response, make_error_response, make_response
 from gateway.sip.parser import parse_message
 from gateway.sip.transaction import (
     AckReceived,
@@ -55,6 +72,7 @@ class TransactionUser(Protocol):
     def on_cancel(self, invite: ServerTransaction, request: Request) -> None: ...
     def on_timeout(self, txn: ClientTransaction | ServerTransaction) -> None: ...
     def on_terminated(self, txn: ClientTransaction | ServerTransaction) -> None: ...
+    def screen_invite(self, call_id: str, from_tag: str, queue_age_s: float) -> Refusal | None: ...
 
 
 class SipStack:
@@ -76,6 +94,7 @@ class SipStack:
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.counters: dict[str, int] = {}
+        self.refused = RecentlyRefused()  # new INVITEs answered 503 statelessly, for their retransmissions
 
     # -- life -----------------------------------------------------------------------------
 
@@ -132,13 +151,65 @@ class SipStack:
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
 
-    def _on_datagram(self, data: bytes, source: Address) -> None:
+    def _on_datagram(self, data: bytes, source: Address, queue_age_s: float = 0.0) -> None:
+        screened = False
+        if data.startswith(b"INVITE "):
+            head = peek_request(data)
+            if head is not None and not head.to_tag:
+                if self._screen_head(head, source, queue_age_s):
+                    self._count("in_INVITE")
+                    return
+                screened = True
+        elif is_refusal_ack(data):
+            self._count("in_ACK")  # the ACK of a stateless 503: nothing to do (RFC 3261 §8.2.7)
+            return
         try:
             msg = parse_message(data, datagram=True, max_size=self.max_message_bytes)
         except SipError as exc:
             self._refuse(exc, source, "udp")
             return
-        self._on_message(msg, source, "udp")
+        self._on_message(msg, source, "udp", queue_age_s=queue_age_s, screened=screened)
+
+    # -- admission of new INVITEs ---------------------------------------------------------------
+
+    def _screen_head(self, head: RequestHead, source: Address, queue_age_s: float) -> bool:
+        """Answer a new INVITE read from its header lines with 503 if it may not start a call; True
+        when it was answered (the caller then skips the full parse)."""
+        call_id = head.call_id.decode("utf-8", "surrogateescape")
+        refusal = self._screen(head.key, call_id, head.from_tag, queue_age_s, remember=True)
+        if refusal is None:
+            return False
+        self.send(refusal_bytes(head, refusal, host=self.hostport), source, "udp")
+        return True
+
+    def _screen_request(self, request: Request, source: Address, transport: str, queue_age_s: float) -> bool:
+        """The same for a new INVITE the full parser read (TCP, or a datagram the look could not
+        read): answered statelessly too, so every refusal looks the same."""
+        from_tag = request.from_tag or ""
+        seq = request.cseq.seq
+        key = invite_key(request.call_id, from_tag, seq)
+        refusal = self._screen(key, request.call_id, from_tag, queue_age_s, remember=transport == "udp")
+        if refusal is None:
+            return False
+        headers = [("Retry-After", str(refusal.retry_after)),
+                   ("Warning", f'399 {self.hostport} "{refusal.reason}"')]
+        response = make_response(request, refusal.status, "Service Unavailable",
+                                 to_tag=refusal_tag(request.call_id, from_tag, seq), headers=headers)
+        self.send(response.to_bytes(), source, transport)
+        return True
+
+    def _screen(self, key: int, call_id: str, from_tag: str, queue_age_s: float, *,
+                remember: bool) -> Refusal | None:
+        known = self.refused.get(key)
+        if known is not None:  # a retransmission of an INVITE refused already: the same answer
+            self._count("refused_again")
+            return known
+        if self.tu is None:
+            return None
+        refusal = self.tu.screen_invite(call_id, from_tag, queue_age_s)
+        if refusal is not None and remember:
+            self.refused.add(key, refusal, self.now())
+        return refusal
 
     def _on_stream(self, item: Request | Response | SipError, source: Address, transport: str) -> None:
         if isinstance(item, SipError):
@@ -157,7 +228,8 @@ class SipStack:
         if response is not None:
             self.send(response.to_bytes(), source, transport)
 
-    def _on_message(self, msg: Request | Response, source: Address, transport: str) -> None:
+    def _on_message(self, msg: Request | Response, source: Address, transport: str, *, queue_age_s: float = 0.0,
+                    screened: bool = False) -> None:
         now = self.now()
         if isinstance(msg, Request):
             self._count(f"in_{msg.method}" if len(msg.method) < 12 else "in_other")
@@ -167,6 +239,9 @@ class SipStack:
                     raise SipError("Too many transactions in progress", status_hint=503)
             except SipError as exc:
                 self._refuse(exc, source, transport)
+                return
+            if (msg.method == "INVITE" and not screened and msg.to_tag is None
+                    and self._screen_request(msg, source, transport, queue_age_s)):
                 return
             out = self.layer.receive_request(msg, source, transport, now)
         else:
