@@ -66,6 +66,26 @@ class SipConfig:
     max_setups_per_s: int = 5_000
     drain_timeout_s: float = 30.0
     max_loop_lag_ms: int = 150  # new calls get 503 while the process runs this far behind
+    # Hostile traffic (issue 8). Digest: a nonce is fresh this long; a source address (IP) that fails
+    # digest authentication digest_max_failures times within digest_failure_window_s gets 503 with
+    # Retry-After until that window ends, whatever it sends (counted per process, in a bounded table).
+    digest_nonce_ttl_s: int = 300
+    digest_max_failures: int = 10
+    digest_failure_window_s: float = 60.0
+    # TCP: at most this many connections in all and from one source address; a message begun (or a
+    # connection opened) must be complete within tcp_message_timeout_s (slow senders, slowloris).
+    tcp_max_connections: int = 10_000
+    tcp_max_connections_per_source: int = 256
+    tcp_message_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("digest_nonce_ttl_s", "digest_max_failures", "tcp_max_connections",
+                     "tcp_max_connections_per_source"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"[sip] {name} must be at least 1")
+        for name in ("digest_failure_window_s", "tcp_message_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[sip] {name} must be positive")
 
     @property
     def address(self) -> tuple[str, int]:
