@@ -1,0 +1,407 @@
+"""Hostile SIP at a running gateway, over raw loopback sockets (issue 8, part 5).
+
+No open relay: whatever a stranger or a trunk puts in the Request-URI, Route or From, the B leg only
+ever goes to the configured carrier or toll-free target, and a listening "victim" socket receives
+nothing. A spoofed caller identity bills nobody else. Failed digest attempts are limited per source;
+nonces expire and are single use. Loops are stopped (Max-Forwards, our own Via, a target that is the
+gateway itself). Header and body bombs, truncated messages and slow or idle TCP connections are
+answered or dropped, the gateway's memory stays bounded, and a normal call still works afterwards.
+Every test checks that no money moved that should not have and that the ledger reconciles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from _world import ALICE, TOLLFREE, UNIT, World
+
+from gateway.directory import DIGEST_REALM
+from gateway.sip import Request, Response, SipUri, StreamFramer, make_response, parse_message
+from gateway.sip.digest import authorization_header, parse_challenge
+
+try:
+    from sipp import Sipp, SippScenario, free_port
+except ImportError:  # pragma: no cover
+    from tests.e2e.sipp import Sipp, SippScenario, free_port
+
+pytestmark = pytest.mark.e2e
+
+LONDON = "+442079460000"
+BOB = "+12125550100"  # a user of the other organization, beta
+SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+
+
+# -- building and reading messages ------------------------------------------------------------------
+
+
+def _request(method: str, ruri: str, local: tuple[str, int], *, transport: str = "UDP", call_id: str | None = None,
+             cseq: int = 1, from_: str | None = None, extra: list[str] | None = None, body: str = "",
+             branch: str | None = None) -> bytes:
+    host, port = local
+    lines = [
+        f"{method} {ruri} SIP/2.0",
+        f"Via: SIP/2.0/{transport} {host}:{port};branch={branch or 'z9hG4bK' + secrets.token_hex(6)}",
+        f"From: {from_ or f'<sip:{ALICE}@pbx.example>'};tag={secrets.token_hex(4)}",
+        f"To: <{ruri}>",
+        f"Call-ID: {call_id or secrets.token_hex(8)}",
+        f"CSeq: {cseq} {method}",
+        f"Contact: <sip:pbx@{host}:{port}>",
+        "Max-Forwards: 70",
+        *(extra or []),
+    ]
+    if body:
+        lines.append("Content-Type: application/sdp")
+    return ("\r\n".join(lines) + f"\r\nContent-Length: {len(body.encode())}\r\n\r\n{body}").encode()
+
+
+def _udp(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, port))
+    return s
+
+
+def _responses(sock: socket.socket, wait: float = 5.0) -> Iterator[Response]:
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data = sock.recv(70000)
+        except (TimeoutError, socket.timeout):
+            return
+        msg = parse_message(data)
+        if isinstance(msg, Response):
+            yield msg
+
+
+def _final(sock: socket.socket, wait: float = 5.0) -> Response:
+    for msg in _responses(sock, wait):
+        if msg.status >= 200:
+            return msg
+    raise AssertionError("no final response")
+
+
+def _ack(sock: socket.socket, invite: bytes, response: Response, dest: tuple[str, int]) -> None:
+    """The ACK of a non-2xx final response (same branch, RFC 3261 §17.1.1.3): stops its retransmission."""
+    req = parse_message(invite)
+    assert isinstance(req, Request)
+    lines = [f"ACK {req.uri} SIP/2.0", f"Via: {req.headers.get('Via')}", f"From: {req.headers.get('From')}",
+             f"To: {response.headers.get('To')}", f"Call-ID: {req.call_id}", f"CSeq: {req.cseq.seq} ACK",
+             "Max-Forwards: 70", "Content-Length: 0"]
+    sock.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), dest)
+
+
+def _received_request(sock: socket.socket, wait: float = 5.0) -> tuple[Request, bytes, tuple[str, int]]:
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        data, source = sock.recvfrom(70000)
+        msg = parse_message(data)
+        if isinstance(msg, Request) and msg.method == "INVITE":
+            return msg, data, source
+    raise AssertionError("no INVITE arrived")
+
+
+def _refuse_b_leg(sock: socket.socket, invite: Request, source: tuple[str, int]) -> None:
+    """Answer the gateway's B-leg INVITE 486 Busy Here, as a far end would."""
+    sock.sendto(make_response(invite, 486, to_tag="far").to_bytes(), source)
+
+
+@contextlib.contextmanager
+def _victim() -> Iterator[Callable[[], list[bytes]]]:
+    """A UDP socket and a TCP listener on one port; yields a function telling what reached them."""
+    port = free_port()
+    udp = _udp(port=port)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", port))
+    tcp.listen(8)
+    udp.setblocking(False)
+    tcp.setblocking(False)
+
+    def reached() -> list[bytes]:
+        got = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                got.append(udp.recv(70000))
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                conn, _ = tcp.accept()
+                got.append(b"TCP connection")
+                conn.close()
+        return got
+
+    reached.port = port  # type: ignore[attr-defined]
+    try:
+        yield reached
+    finally:
+        udp.close()
+        tcp.close()
+
+
+def _seed(world: World, body: Callable[[Any], Any]) -> Any:
+    return world.services(body)
+
+
+async def _add_beta(svc: Any) -> None:
+    beta, _ = await svc.directory.create_org("Beta", country="US", currency="USD")
+    await svc.directory.add_user(beta, "bob", number=BOB, licence=True, plan="none")
+
+
+# -- no open relay ----------------------------------------------------------------------------------
+
+
+def test_strangers_get_403_and_nothing_reaches_the_victim_or_the_carrier(world: World) -> None:
+    world.fund("acme", 10 * UNIT)
+    with _victim() as reached, _udp(port=world.carrier_port) as carrier:
+        carrier.setblocking(False)
+        victim = f"127.0.0.1:{reached.port}"  # type: ignore[attr-defined]
+        with _udp("127.0.0.3") as s:
+            local = s.getsockname()
+            cases = [
+                _request("INVITE", f"sip:{LONDON}@{victim}", local, body=SDP),
+                _request("INVITE", f"sip:{LONDON}@{victim}", local, body=SDP, extra=[f"Route: <sip:{victim};lr>"]),
+                _request("INVITE", f"sip:victim@{victim};transport=tcp", local, body=SDP),
+                _request("REGISTER", f"sip:127.0.0.1:{world.gw.sip_port}", local,
+                         extra=[f"Contact: <sip:alice@{victim}>"]),
+            ]
+            for data in cases:
+                s.sendto(data, world.sip)
+                final = _final(s)
+                assert final.status == 403, final
+                assert "unknown source" in (final.headers.get("Warning") or "")
+        time.sleep(0.3)  # anything relayed would have gone out with the answer
+        assert reached() == []
+        with contextlib.suppress(BlockingIOError):
+            assert carrier.recv(70000) == b"", "a stranger's INVITE reached the carrier"
+    bal = world.balance()
+    assert (bal.balance, bal.reserved) == (10 * UNIT, 0) and world.cdrs() == []
+    assert world.reconciles()
+
+
+def test_a_trunk_cannot_steer_the_b_leg_with_route_or_request_uri(world: World) -> None:
+    """The caller picks the number, never the host: Route, the Request-URI's host, port, maddr and
+    transport are all ignored, the B leg goes to the configured carrier and carries no Route."""
+    world.fund("acme", 10 * UNIT)
+    with _victim() as reached, _udp(port=world.carrier_port) as carrier, _udp(port=world.pbx_port) as pbx:
+        victim = f"127.0.0.1:{reached.port}"  # type: ignore[attr-defined]
+        local = pbx.getsockname()
+        steering = [
+            (f"sip:{LONDON}@{victim}", [f"Route: <sip:{victim};lr>", f"Route: <sip:evil@{victim};lr>"]),
+            (f"sip:{LONDON}@evil.example:{reached.port};maddr=127.0.0.1;transport=tcp",  # type: ignore[attr-defined]
+             [f"Record-Route: <sip:{victim};lr>"]),
+        ]
+        for n, (ruri, extra) in enumerate(steering):
+            data = _request("INVITE", ruri, local, body=SDP, extra=extra, call_id=f"steer-{n}")
+            pbx.sendto(data, world.sip)
+            b_invite, raw, source = _received_request(carrier)
+            uri = b_invite.uri
+            assert isinstance(uri, SipUri) and (uri.host, uri.port) == ("127.0.0.1", world.carrier_port)
+            assert uri.user == LONDON and uri.param("maddr") is None and uri.param("transport") is None
+            for name in ("Route", "Record-Route"):
+                assert b_invite.headers.get_all(name) == [], raw
+            assert f":{reached.port}".encode() not in raw  # type: ignore[attr-defined]
+            assert f"sip:{ALICE}@" in (b_invite.headers.get("From") or "")  # the trunk's own user
+            _refuse_b_leg(carrier, b_invite, source)
+            final = _final(pbx)
+            assert final.status == 486
+            _ack(pbx, data, final, world.sip)
+        time.sleep(0.3)
+        assert reached() == []
+    cdrs = world.wait_settled(2)
+    assert {c["end_reason"] for c in cdrs} == {"busy"} and all(int(c["charge"]) == 0 for c in cdrs)
+    assert world.balance().balance == 10 * UNIT and world.reconciles()
+
+
+def test_a_spoofed_caller_bills_nobody_else(world: World) -> None:
+    """A trunk of acme presenting beta's user (in From or P-Asserted-Identity) is not beta's user:
+    acme does not know the caller, so the call is refused, and beta's money and CDRs are untouched."""
+    _seed(world, _add_beta)
+    world.fund("acme", 10 * UNIT)
+    world.fund("beta", 10 * UNIT)
+    with _udp(port=world.carrier_port) as carrier, _udp(port=world.pbx_port) as pbx:
+        carrier.setblocking(False)
+        local = pbx.getsockname()
+        ruri = f"sip:{LONDON}@127.0.0.1:{world.gw.sip_port}"
+        for n, (from_, extra) in enumerate([
+            (f"<sip:{BOB}@beta.example>", []),
+            (f"<sip:{ALICE}@pbx.example>", [f"P-Asserted-Identity: <sip:{BOB}@beta.example>"]),
+            ("<sip:bob@beta.example>", []),
+        ]):
+            data = _request("INVITE", ruri, local, body=SDP, from_=from_, extra=extra, call_id=f"spoof-{n}")
+            pbx.sendto(data, world.sip)
+            final = _final(pbx)
+            assert final.status == 403, final
+            _ack(pbx, data, final, world.sip)
+        time.sleep(0.3)
+        with contextlib.suppress(BlockingIOError):
+            assert carrier.recv(70000) == b"", "a spoofed caller's call reached the carrier"
+    for org in ("acme", "beta"):
+        bal = world.balance(org)
+        assert (bal.balance, bal.reserved) == (10 * UNIT, 0)
+        assert world.cdrs(org) == [] and world.reconciles(org)
+
+
+def test_the_callers_text_never_adds_a_header_or_host_to_the_b_leg(world: World) -> None:
+    """A carrier's caller id is passed on (toll-free), escaped: an escaped CRLF, '>' or '@' in it
+    stays inside the From's user part of the INVITE to the toll-free target."""
+    world.fund("acme", 10 * UNIT)
+    evil = "%0D%0AX-Evil%3A%20yes%3E%40127.0.0.9"
+    with _udp(port=world.carrier_port) as carrier, _udp(port=world.bridge_port) as bridge:
+        data = _request("INVITE", f"sip:{TOLLFREE}@127.0.0.1:{world.gw.sip_port}", carrier.getsockname(), body=SDP,
+                        from_=f"<sip:{evil}@carrier.example>", call_id="evil-from")
+        carrier.sendto(data, world.sip)
+        b_invite, raw, source = _received_request(bridge)
+        head = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
+        assert not [line for line in head if line.lower().startswith(b"x-evil")], raw
+        assert b_invite.headers.get("X-Evil") is None
+        from_uri = b_invite.from_.uri
+        assert isinstance(from_uri, SipUri) and from_uri.host == "127.0.0.1"
+        assert from_uri.user_unescaped == "\r\nX-Evil: yes>@127.0.0.9"
+        _refuse_b_leg(bridge, b_invite, source)
+        final = _final(carrier)
+        assert final.status == 486
+        _ack(carrier, data, final, world.sip)
+    (cdr,) = world.wait_settled(1)
+    assert int(cdr["charge"]) == 0 and world.balance().balance == 10 * UNIT and world.reconciles()
+
+
+# -- loops ------------------------------------------------------------------------------------------
+
+
+def test_loops_are_stopped_and_cost_nothing(world: World) -> None:
+    world.fund("acme", 10 * UNIT)
+    loop_number = "+18005550199"
+
+    async def loop_target(svc: Any) -> None:
+        acme = await svc.directory.get_org("acme")
+        await svc.directory.add_tollfree(acme, loop_number, target=f"sip:loop@127.0.0.1:{world.gw.sip_port}")
+
+    _seed(world, loop_target)
+    with _udp(port=world.pbx_port) as pbx, _udp(port=world.carrier_port) as carrier:
+        ruri = f"sip:{LONDON}@127.0.0.1:{world.gw.sip_port}"
+        local = pbx.getsockname()
+        # Max-Forwards exhausted: 483 (RFC 3261 §16.3 step 3).
+        data = _request("INVITE", ruri, local, body=SDP, call_id="mf0").replace(b"Max-Forwards: 70",
+                                                                                b"Max-Forwards: 0")
+        pbx.sendto(data, world.sip)
+        assert _final(pbx).status == 483
+        # A request that already went through us (our Via, our branch prefix): 482 Loop Detected.
+        ours = f"Via: SIP/2.0/UDP 127.0.0.1:{world.gw.sip_port};branch=z9hG4bKcg{secrets.token_hex(8)}"
+        data = _request("INVITE", ruri, local, body=SDP, call_id="own-via", extra=[ours])
+        pbx.sendto(data, world.sip)
+        final = _final(pbx)
+        assert final.status == 482
+        _ack(pbx, data, final, world.sip)
+        # A real loop: a toll-free target that is the gateway itself. Its own B leg comes back to it
+        # and is refused 482; the caller gets the failure; nothing is charged.
+        data = _request("INVITE", f"sip:{loop_number}@127.0.0.1:{world.gw.sip_port}", carrier.getsockname(),
+                        body=SDP, call_id="real-loop", from_="<sip:+442079469999@carrier.example>")
+        carrier.sendto(data, world.sip)
+        final = _final(carrier, 10.0)
+        assert final.status == 482, final
+        _ack(carrier, data, final, world.sip)
+    (cdr,) = world.wait_settled(1)
+    assert (int(cdr["charge"]), cdr["answered"]) == (0, "0")
+    assert world.balance().balance == 10 * UNIT and world.reconciles()
+    assert world.gw.running()
+
+
+# -- digest: per-source failure limit, nonce expiry, single use -------------------------------------
+
+
+def _digest_trunk(world: World, address: str, username: str, password: str) -> None:
+    async def body(svc: Any) -> None:
+        await svc.directory.add_trunk(await svc.directory.get_org("acme"), address, username=username,
+                                      password=password)
+
+    world.services(body)
+
+
+def _answer(challenge: Response, *, password: str, username: str, uri: str, header: str = "Proxy-Authenticate",
+            method: str = "INVITE") -> str:
+    c = parse_challenge(challenge.headers.get_all(header)[0])
+    assert c.realm == DIGEST_REALM
+    return authorization_header(username=username, password=password, realm=c.realm, nonce=c.nonce or "",
+                                method=method, uri=uri, algorithm=c.algorithm, opaque=c.opaque)
+
+
+@pytest.mark.gateway_settings({"sip": {"digest_max_failures": 3, "digest_failure_window_s": 10.0}})
+def test_failed_digest_attempts_are_limited_per_source(world: World) -> None:
+    _digest_trunk(world, "127.0.0.4", "pbx4", "right")
+    _digest_trunk(world, "127.0.0.5", "pbx5", "right5")
+    ruri = f"sip:{LONDON}@127.0.0.1:{world.gw.sip_port}"
+    with _udp("127.0.0.4") as s, _udp("127.0.0.5") as other:
+        local = s.getsockname()
+
+        def attempt(sock: socket.socket, auth: str | None, n: int, *, method: str = "INVITE") -> Response:
+            header = "Proxy-Authorization" if method == "INVITE" else "Authorization"
+            extra = [f"{header}: {auth}"] if auth else []
+            target = ruri if method == "INVITE" else f"sip:127.0.0.1:{world.gw.sip_port}"
+            data = _request(method, target, sock.getsockname(), body=SDP if method == "INVITE" else "",
+                            extra=extra, call_id=f"dg-{sock.getsockname()[0]}-{n}", cseq=n)
+            sock.sendto(data, world.sip)
+            final = _final(sock)
+            if method == "INVITE":
+                _ack(sock, data, final, world.sip)
+            return final
+
+        challenge = attempt(s, None, 1)
+        assert challenge.status == 407  # a challenge is not a failure
+        # Three guesses (a wrong password, an unknown user, a wrong password): each a fresh challenge.
+        guesses = [("pbx4", "guess1"), ("nobody", "right"), ("pbx4", "guess2")]
+        for n, (user, password) in enumerate(guesses, start=2):
+            final = attempt(s, _answer(challenge, password=password, username=user, uri=ruri), n)
+            assert final.status == 407, final
+            challenge = final
+        # Over the budget: refused before any digest work, even with the right password, and the
+        # REGISTER path shares the budget. The answer says when to come back.
+        limited = attempt(s, _answer(challenge, password="right", username="pbx4", uri=ruri), 5)
+        assert limited.status == 503 and "authentication" in (limited.headers.get("Warning") or "")
+        wait = int(limited.headers.get("Retry-After") or "0")
+        assert 1 <= wait <= 11
+        register = attempt(s, None, 6, method="REGISTER")
+        assert register.status == 503 and register.headers.get("Retry-After")
+        # Another source is not affected.
+        c5 = attempt(other, None, 1)
+        assert c5.status == 407
+        assert attempt(other, _answer(c5, password="right5", username="pbx5", uri=ruri), 2).status == 402
+        # Once the window is over the source may try again, and the right password gets through
+        # (402: authenticated; acme has no money).
+        time.sleep(wait + 0.5)
+        challenge = attempt(s, None, 7)
+        assert challenge.status == 407
+        assert attempt(s, _answer(challenge, password="right", username="pbx4", uri=ruri), 8).status == 402
+    assert world.cdrs() == [] and world.balance().balance == 0 and world.reconciles()
+
+
+@pytest.mark.gateway_settings({"sip": {"digest_nonce_ttl_s": 3}})
+def test_nonces_expire_and_each_answer_is_used_once(world: World) -> None:
+    _digest_trunk(world, "127.0.0.4", "pbx4", "right")
+    ruri = f"sip:{LONDON}@127.0.0.1:{world.gw.sip_port}"
+    with _udp("127.0.0.4") as s:
+        local = s.getsockname()
+
+        def invite(n: int, auth: str | None, call_id: str = "nonce") -> Response:
+            data = _request("INVITE", ruri, local, body=SDP, call_id=f"{call_id}-{n}", cseq=n,
+                            extra=[f"Proxy-Authorization: {auth}"] if auth else [])
+            s.sendto(data, world.sip)
+            final = _final(s)
+            _ack(s, data, final, world.sip)
+            return final
+
+        old = invite(1, None)
+        assert old.status == 407
+        time.sleep(5.0)  # the nonce (3 s, issued on a whole second) is now stale
+        stale = invite(2, _answer(old, password="right", username="pbx4", uri=ruri))
+        assert stale.status == 407
+        assert parse_challenge(stale.headers.get_all("Proxy-Authenticate")[0]).stale  # right password, old nonce
+        good = _answer(stale, password="right", username="pbx4", uri=ruri)
+        assert invite(3, good).status == 402  # authenticated (no money)
+        again = invite(4, good, call_id="replay")
+        assert again.status == 407 and not parse_challenge(again.headers.get_all("Proxy-Authenticate")[0]).stale
+    assert world.balance().balance == 0 and world.reconciles()
