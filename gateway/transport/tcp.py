@@ -119,7 +119,8 @@ class TcpTransport:
         self._max_per_source = max_per_source
         self._message_timeout = message_timeout_s
         self._max_write_buffer = max_write_buffer
-        self._write_high = max(max_write_buffer // 4, 64 * 1024)
+        # Reading pauses above this; one read's worth of answers more still fits under the hard bound.
+        self._write_high = max(max_write_buffer // 16, 16 * 1024)
         self._connections: dict[Address, _Connection] = {}
         self._per_host: dict[str, int] = {}  # accepted connections by source host
         self._server: asyncio.AbstractServer | None = None

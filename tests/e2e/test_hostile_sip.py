@@ -405,3 +405,233 @@ def test_nonces_expire_and_each_answer_is_used_once(world: World) -> None:
         again = invite(4, good, call_id="replay")
         assert again.status == 407 and not parse_challenge(again.headers.get_all("Proxy-Authenticate")[0]).stale
     assert world.balance().balance == 0 and world.reconciles()
+
+
+# -- bombs, truncation, slow and idle senders -------------------------------------------------------
+
+OPTIONS_TEMPLATE = ("OPTIONS sip:gw@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/{t} {host}:{port};branch=z9hG4bK{b}\r\n"
+                    "From: <sip:ping@{host}>;tag=p\r\nTo: <sip:gw@127.0.0.1>\r\nCall-ID: {b}\r\nCSeq: 1 OPTIONS\r\n"
+                    "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+
+
+def _options(sock: socket.socket, transport: str = "UDP") -> bytes:
+    host, port = sock.getsockname()
+    return OPTIONS_TEMPLATE.format(t=transport, host=host, port=port, b=secrets.token_hex(8)).encode()
+
+
+def call_id(data: bytes) -> str:
+    return data.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0].decode()
+
+
+def _rss_kb(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _bombs(local: tuple[str, int], transport: str) -> list[tuple[str, bytes, int | None]]:
+    """(name, message, status the gateway answers or None when it must drop it) for max size 16384."""
+    ruri = "sip:+442079460000@127.0.0.1"
+    good = _request("INVITE", ruri, local, body=SDP, transport=transport)
+    head, _, body = good.partition(b"\r\n\r\n")
+    cut = head.index(b"\r\nContact")
+    return [
+        # Thousands of header fields: more than 256 lines (RFC 3261 gives no bound; ours is 256).
+        ("header bomb", head + b"\r\n" + b"X-Bomb: a\r\n" * 1500 + b"\r\n" + body, 513),
+        # One header line longer than 8192 octets.
+        ("huge line", head + b"\r\nX-Long: " + b"a" * 12000 + b"\r\n\r\n" + body, 513),
+        # A fold bomb: one header continued over thousands of lines.
+        ("fold bomb", head + b"\r\nX-Fold: a" + b"\r\n b" * 1500 + b"\r\n\r\n" + body, 513),
+        # A body bigger than the largest message.
+        ("body bomb", head.replace(f"Content-Length: {len(body)}".encode(), b"Content-Length: 20000")
+         + b"\r\n\r\n" + b"v" * 20000, 513),
+        # Content-Length far beyond what came (UDP: 400; TCP: beyond the largest message, 513).
+        ("huge content-length", head.replace(f"Content-Length: {len(body)}".encode(), b"Content-Length: 4294967296")
+         + b"\r\n\r\n" + body, 400 if transport == "UDP" else 513),
+        # Cut in the header section: nothing to answer with over UDP.
+        ("truncated head", good[:cut], None),
+    ]
+
+
+def _sipp_call_works(world: World, sipp_factory: Callable[..., Sipp], transport: str = "udp") -> None:
+    carrier = sipp_factory(SippScenario.UAS_ANSWER, local_port=world.carrier_port, calls=1, timeout_s=30,
+                           transport=transport).start()
+    pbx = sipp_factory(SippScenario.UAC_CALL, remote=world.sip, local_port=world.pbx_port,
+                       injection=[(ALICE, LONDON)], calls=1, timeout_s=30, duration_ms=500, transport=transport)
+    assert pbx.run() == 0, pbx.diagnostics()
+    assert carrier.wait(10) == 0, carrier.diagnostics()
+
+
+@pytest.mark.gateway_settings({"sip": {"max_message_bytes": 16384, "tcp_message_timeout_s": 3.0}})
+def test_bombs_and_truncated_messages_over_udp_and_tcp_keep_memory_bounded(world: World, sipp_factory: Any) -> None:
+    world.fund("acme", 10 * UNIT)
+    pid = world.gw.proc.pid  # type: ignore[union-attr]
+
+    def udp_round(s: socket.socket) -> list[str]:
+        problems = []
+        for name, data, status in _bombs(s.getsockname(), "UDP"):
+            s.sendto(data, world.sip)
+            if status is None:
+                continue
+            wanted = call_id(data)
+            got = [next((r.status for r in _responses(s, 5.0) if r.status != 100 and r.call_id == wanted), None)]
+            if got != [status]:
+                problems.append(f"UDP {name}: expected {status}, got {got}")
+        return problems
+
+    def tcp_round() -> list[str]:
+        problems = []
+        for name, data, status in _bombs(("127.0.0.2", 5060), "TCP"):
+            with socket.create_connection(world.sip, timeout=5) as c:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    c.sendall(data)
+                answers: list[int] = []
+                framer = StreamFramer(max_size=1 << 20)
+                try:
+                    while not answers:
+                        chunk = c.recv(70000)
+                        if not chunk:
+                            break  # closed: framing lost after the answer, or a stalled message reaped
+                        answers += [m.status for m in framer.feed(chunk) if isinstance(m, Response)]
+                except (TimeoutError, socket.timeout, ConnectionResetError):
+                    pass
+                expected = [status] if status is not None else []
+                if answers[:1] != expected:
+                    problems.append(f"TCP {name}: expected {expected}, got {answers}")
+        return problems
+
+    def lazy_peer() -> None:
+        """A TCP peer that sends and never reads: the gateway stops reading it (so its sends block)
+        rather than buffer answers without end, and never needs to drop it for its buffer's size."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lazy:
+            lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            lazy.bind(("127.0.0.8", 0))
+            lazy.connect(world.sip)
+            lazy.setblocking(False)
+            sent, blocked_since, reset = 0, None, False
+            deadline = time.monotonic() + 20.0
+            while sent < 400_000 and time.monotonic() < deadline:
+                try:
+                    lazy.send(_options(lazy, "TCP"))
+                    sent, blocked_since = sent + 1, None
+                except BlockingIOError:
+                    blocked_since = blocked_since or time.monotonic()
+                    if time.monotonic() - blocked_since > 2.0:
+                        break
+                    time.sleep(0.01)
+                except (BrokenPipeError, ConnectionResetError):
+                    reset = True
+                    break
+            assert not reset, "the gateway had to drop a peer for the answers it would not read"
+            assert blocked_since is not None, f"the gateway kept reading from a peer that never reads ({sent} sent)"
+            with _udp("127.0.0.3") as other:  # the gateway still answers everyone else meanwhile
+                other.sendto(_options(other), world.sip)
+                assert _final(other).status == 200
+
+    with _udp("127.0.0.2") as s:
+        # Warm up: every path runs once, so the allocator's first high-water mark is in the baseline.
+        assert udp_round(s) == [] and tcp_round() == []
+        lazy_peer()
+        before = _rss_kb(pid)
+        problems: list[str] = []
+        for _ in range(60):
+            problems += udp_round(s)
+        # A flood that is not waited for: the gateway drops what its socket buffer cannot hold.
+        for _ in range(20):
+            for _, data, _ in _bombs(s.getsockname(), "UDP"):
+                s.sendto(data, world.sip)
+        problems += tcp_round()
+        assert problems == [], "\n".join(problems)
+        lazy_peer()
+        lazy_peer()
+        after = _rss_kb(pid)
+    print(f"gateway VmRSS {before} kB after warm-up, {after} kB after the bombs")
+    # Each round above carries about 50 kB of bombs (3 MB in all) and each lazy peer makes the gateway
+    # answer thousands of requests (about 10 MB of answers): kept, any of them would show here.
+    assert after - before < 15_000, f"VmRSS grew from {before} kB to {after} kB"
+    assert world.gw.running()
+    _sipp_call_works(world, sipp_factory)
+    world.wait_settled(1)
+    assert world.reconciles()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the gateway closed (or reset) this connection, without waiting."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(70000) == b""
+    except BlockingIOError:
+        return False
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+@pytest.mark.gateway_settings({"sip": {"tcp_message_timeout_s": 3.0, "tcp_max_connections_per_source": 20}})
+def test_slow_and_idle_tcp_senders_are_bounded_and_cut_off(world: World, sipp_factory: Any) -> None:
+    world.fund("acme", 10 * UNIT)
+    pid = world.gw.proc.pid  # type: ignore[union-attr]
+    before = _rss_kb(pid)
+    # Slowloris: a request sent one octet at a time, 5 a second, never completes (it would take a
+    # minute); the gateway cuts it off once the message is 3 s old, however steadily it trickles.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as slow:
+        slow.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        slow.bind(("127.0.0.6", 0))
+        slow.connect(world.sip)
+        data = _options(slow, "TCP")
+        started, cut_off = time.monotonic(), None
+        for i in range(len(data) - 1):
+            try:
+                slow.send(data[i:i + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                cut_off = time.monotonic() - started
+                break
+            if _closed_by_peer(slow):
+                cut_off = time.monotonic() - started
+                break
+            time.sleep(0.2)
+        assert cut_off is not None, "a one-octet-at-a-time sender kept its connection for a whole minute"
+        assert cut_off >= 2.5  # not before the message's deadline
+    # Idle connections: one source gets at most 20 (the rest are refused at once); every one of them
+    # that never sends a message is closed at its deadline. Another source is not locked out.
+    idle = []
+    try:
+        for _ in range(60):
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            idle.append(c)
+            c.bind(("127.0.0.7", 0))
+            c.settimeout(5)
+            with contextlib.suppress(ConnectionResetError, ConnectionRefusedError):
+                c.connect(world.sip)
+        time.sleep(0.5)
+        open_now = [c for c in idle if not _closed_by_peer(c)]
+        assert len(open_now) <= 20, f"{len(open_now)} connections from one source stay open"
+        with socket.create_connection(world.sip, timeout=5, source_address=("127.0.0.8", 0)) as other:
+            other.sendall(_options(other, "TCP"))
+            framer = StreamFramer()
+            answers: list[Any] = []
+            while not answers:
+                chunk = other.recv(70000)
+                assert chunk, "another source was refused"
+                answers = framer.feed(chunk)
+            assert isinstance(answers[0], Response) and answers[0].status == 200
+        deadline = time.monotonic() + 15.0
+        while open_now and time.monotonic() < deadline:
+            open_now = [c for c in open_now if not _closed_by_peer(c)]
+            time.sleep(0.2)
+        assert open_now == [], f"{len(open_now)} idle connections outlived their deadline"
+    finally:
+        for c in idle:
+            c.close()
+    # Once they are gone the source may connect again.
+    with socket.create_connection(world.sip, timeout=5, source_address=("127.0.0.7", 0)) as again:
+        again.sendall(_options(again, "TCP"))
+        assert again.recv(70000).startswith(b"SIP/2.0 200")
+    after = _rss_kb(pid)
+    print(f"gateway VmRSS {before} kB before the slow and idle senders, {after} kB after")
+    assert after - before < 15_000
+    _sipp_call_works(world, sipp_factory, transport="tcp")
+    world.wait_settled(1)
+    assert world.reconciles()
