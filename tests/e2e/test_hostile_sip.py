@@ -12,9 +12,11 @@ Every test checks that no money moved that should not have and that the ledger r
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -215,6 +217,36 @@ def test_a_trunk_cannot_steer_the_b_leg_with_route_or_request_uri(world: World) 
     cdrs = world.wait_settled(2)
     assert {c["end_reason"] for c in cdrs} == {"busy"} and all(int(c["charge"]) == 0 for c in cdrs)
     assert world.balance().balance == 10 * UNIT and world.reconciles()
+
+
+def test_a_registered_contact_is_reached_over_its_flow_not_at_the_address_it_names(world: World) -> None:
+    """A trunk registers the toll-free target's user with a Contact naming the victim: the call to it
+    goes back along the registering flow (to the trunk itself), never to the address in the Contact."""
+    world.fund("acme", 10 * UNIT)
+    with _victim() as reached, _udp(port=world.pbx_port) as pbx, _udp(port=world.carrier_port) as carrier:
+        victim = f"127.0.0.1:{reached.port}"  # type: ignore[attr-defined]
+        host, port = pbx.getsockname()
+        register = "\r\n".join([
+            f"REGISTER sip:127.0.0.1:{world.gw.sip_port} SIP/2.0",
+            f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{secrets.token_hex(6)}",
+            f"From: <sip:bridge@127.0.0.1>;tag={secrets.token_hex(4)}", "To: <sip:bridge@127.0.0.1>",
+            f"Call-ID: {secrets.token_hex(8)}", "CSeq: 1 REGISTER", f"Contact: <sip:bridge@{victim}>",
+            "Expires: 600", "Max-Forwards: 70", "Content-Length: 0", "", ""]).encode()
+        pbx.sendto(register, world.sip)
+        assert _final(pbx).status == 200
+        data = _request("INVITE", f"sip:{TOLLFREE}@127.0.0.1:{world.gw.sip_port}", carrier.getsockname(), body=SDP,
+                        from_="<sip:+442079469999@carrier.example>", call_id="to-binding")
+        carrier.sendto(data, world.sip)
+        b_invite, _, source = _received_request(pbx)  # the flow the REGISTER came from
+        assert str(b_invite.uri) == f"sip:bridge@{victim}"  # addressed to the contact, sent to the flow
+        _refuse_b_leg(pbx, b_invite, source)
+        final = _final(carrier)
+        assert final.status == 486
+        _ack(carrier, data, final, world.sip)
+        time.sleep(0.3)
+        assert reached() == []
+    (cdr,) = world.wait_settled(1)
+    assert int(cdr["charge"]) == 0 and world.balance().balance == 10 * UNIT and world.reconciles()
 
 
 def test_a_spoofed_caller_bills_nobody_else(world: World) -> None:
@@ -629,6 +661,9 @@ def test_slow_and_idle_tcp_senders_are_bounded_and_cut_off(world: World, sipp_fa
     with socket.create_connection(world.sip, timeout=5, source_address=("127.0.0.7", 0)) as again:
         again.sendall(_options(again, "TCP"))
         assert again.recv(70000).startswith(b"SIP/2.0 200")
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{world.gw.http_port}/metrics", timeout=10).read().decode()
+    closed = dict(re.findall(r'creditgate_sip_tcp_closed_total\{why="(\w+)"\} ([0-9.]+)', metrics))
+    assert float(closed["refused"]) >= 1 and float(closed["reaped"]) >= 21, closed  # the slow one and 20 idle
     after = _rss_kb(pid)
     print(f"gateway VmRSS {before} kB before the slow and idle senders, {after} kB after")
     assert after - before < 15_000
