@@ -4,8 +4,18 @@ A message received on a connection is handed up with the peer's address; anythin
 address goes back on the same connection (RFC 3261 §18.2.2), or on a new one we open. Framing is
 the sans-IO ``StreamFramer``: a malformed message is answered and the stream goes on; lost framing
 (a negative or conflicting Content-Length, an oversized message) closes the connection after the
-answer. A connection silent for ``idle_timeout_s``, or holding an incomplete message that long (a
-slow or stalled sender, RFC 4475 clerr), is closed: memory per connection stays bounded.
+answer.
+
+Bounds (hostile peers): a connection silent for ``idle_timeout_s`` is closed, and so is one that began
+a message (or opened and sent nothing yet) and has not completed it within ``message_timeout_s``,
+however steadily it trickles octets (a slow or stalled sender, RFC 4475 clerr, slowloris): the framer
+holds at most one message's octets, so memory per connection is bounded, and so is how long it is
+held. Connections are bounded in all (``max_connections``) and per source address
+(``max_per_source``), so one host cannot take every slot; connections we open ourselves (to a carrier,
+a registered contact) do not count against the per-source bound. A peer that does not read what we
+send cannot make us buffer without end either: while our write buffer is above its high-water mark we
+stop reading that peer (it gets no more answers to ask for), and past ``max_write_buffer`` octets the
+connection is dropped.
 """
 
 from __future__ import annotations
