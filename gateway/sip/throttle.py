@@ -22,7 +22,7 @@ __all__ = ["FailureThrottle"]
 
 
 class FailureThrottle:
-    __slots__ = ("max_failures", "window_s", "max_sources", "_entries")
+    __slots__ = ("_entries", "max_failures", "max_sources", "window_s")
 
     def __init__(self, max_failures: int, window_s: float, *, max_sources: int = 4096) -> None:
         if max_failures < 1 or window_s <= 0 or max_sources < 1:
