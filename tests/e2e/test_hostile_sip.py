@@ -24,6 +24,7 @@ import pytest
 from _world import ALICE, TOLLFREE, UNIT, World
 
 from gateway.directory import DIGEST_REALM
+from gateway.sip.dialog import Dialog
 from gateway.sip import Request, Response, SipUri, StreamFramer, make_response, parse_message
 from gateway.sip.digest import authorization_header, parse_challenge
 
@@ -247,6 +248,70 @@ def test_a_registered_contact_is_reached_over_its_flow_not_at_the_address_it_nam
         assert reached() == []
     (cdr,) = world.wait_settled(1)
     assert int(cdr["charge"]) == 0 and world.balance().balance == 10 * UNIT and world.reconciles()
+
+
+def _recv_until(sock: socket.socket, want: Callable[[Request | Response], bool], wait: float = 5.0
+                ) -> tuple[Request | Response, tuple[str, int]]:
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        data, source = sock.recvfrom(70000)
+        msg = parse_message(data)
+        if want(msg):
+            return msg, source
+    raise AssertionError("nothing wanted arrived")
+
+
+def test_an_answered_call_cannot_be_redirected_by_its_callers_target_refresh(world: World) -> None:
+    """In an answered call the caller re-INVITEs with a Contact and a Record-Route naming the victim:
+    the far end never sees them, and the far end's BYE still reaches the caller along its flow."""
+    world.fund("acme", 10 * UNIT)
+    with _victim() as reached, _udp(port=world.pbx_port) as pbx, _udp(port=world.carrier_port) as carrier:
+        victim = f"127.0.0.1:{reached.port}"  # type: ignore[attr-defined]
+        local = pbx.getsockname()
+        far_contact = [("Contact", f"<sip:far@127.0.0.1:{world.carrier_port}>"), ("Content-Type", "application/sdp")]
+
+        def via(sock: socket.socket) -> str:
+            return f"SIP/2.0/UDP {sock.getsockname()[0]}:{sock.getsockname()[1]};branch=z9hG4bK{secrets.token_hex(6)}"
+
+        def answer(sock: socket.socket, request: Request, source: tuple[str, int]) -> None:
+            ok = make_response(request, 200, to_tag="far", headers=far_contact)
+            ok.body = SDP.encode()
+            sock.sendto(ok.to_bytes(), source)
+
+        raw = _request("INVITE", f"sip:{LONDON}@127.0.0.1:{world.gw.sip_port}", local, body=SDP, call_id="hijack")
+        pbx.sendto(raw, world.sip)
+        b_invite, _, gw = _received_request(carrier)
+        answer(carrier, b_invite, gw)
+        ok = _final(pbx)
+        assert ok.status == 200
+        a_dialog = Dialog.as_uac(parse_message(raw), ok)  # type: ignore[arg-type]
+        pbx.sendto(a_dialog.new_request("ACK", via=via(pbx), cseq=1).to_bytes(), world.sip)
+        # The target refresh that tries to steer the call elsewhere.
+        reinvite = a_dialog.new_request("INVITE", via=via(pbx), contact=f"<sip:evil@{victim}>", body=SDP.encode(),
+                                        content_type="application/sdp",
+                                        headers=[("Record-Route", f"<sip:{victim};lr>")])
+        pbx.sendto(reinvite.to_bytes(), world.sip)
+        relayed, gw = _recv_until(carrier, lambda m: isinstance(m, Request) and m.method == "INVITE")
+        assert isinstance(relayed, Request)
+        assert str(reached.port) not in (relayed.headers.get("Contact") or "")  # type: ignore[attr-defined]
+        assert relayed.headers.get_all("Record-Route") == []
+        answer(carrier, relayed, gw)
+        ok2, _ = _recv_until(pbx, lambda m: isinstance(m, Response) and m.cseq.method == "INVITE" and m.status == 200
+                             and m.cseq.seq == reinvite.cseq.seq)
+        pbx.sendto(a_dialog.new_request("ACK", via=via(pbx), cseq=reinvite.cseq.seq).to_bytes(), world.sip)
+        # The far end hangs up: the caller's BYE goes to the caller, not to the Contact it last gave.
+        b_dialog = Dialog.as_uas(b_invite, "far")
+        carrier.sendto(b_dialog.new_request("BYE", via=via(carrier)).to_bytes(), world.sip)
+        bye, gw = _recv_until(pbx, lambda m: isinstance(m, Request) and m.method == "BYE")
+        assert isinstance(bye, Request)
+        pbx.sendto(make_response(bye, 200).to_bytes(), gw)
+        _recv_until(carrier, lambda m: isinstance(m, Response) and m.cseq.method == "BYE" and m.status == 200)
+        time.sleep(0.3)
+        assert reached() == []
+    (cdr,) = world.wait_settled(1)
+    assert cdr["end_reason"] == "normal" and int(cdr["charge"]) > 0
+    assert world.balance().balance == 10 * UNIT - int(cdr["charge"]) and world.reconciles()
 
 
 def test_a_spoofed_caller_bills_nobody_else(world: World) -> None:
