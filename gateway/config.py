@@ -98,6 +98,7 @@ class SipConfig:
 class HttpConfig:
     listen: str = "127.0.0.1:8080"
     max_body_bytes: int = 8 * 1024 * 1024
+    max_json_bytes: int = 64 * 1024  # JSON request bodies (rate decks, CSV, have max_body_bytes)
 
     @property
     def address(self) -> tuple[str, int]:
