@@ -72,12 +72,31 @@ class SipConfig:
     max_queue_age_ms: int = 200
     overload_retry_after_s: int = 5  # the Retry-After of a 503 for load
 
+    # Hostile traffic (issue 8). Digest: a nonce is fresh this long; a source address (IP) that fails
+    # digest authentication digest_max_failures times within digest_failure_window_s gets 503 with
+    # Retry-After until that window ends, whatever it sends (counted per process, in a bounded table).
+    digest_nonce_ttl_s: int = 300
+    digest_max_failures: int = 10
+    digest_failure_window_s: float = 60.0
+    # TCP: at most this many connections in all and from one source address; a message begun (or a
+    # connection opened) must be complete within tcp_message_timeout_s (slow senders, slowloris).
+    tcp_max_connections: int = 10_000
+    tcp_max_connections_per_source: int = 256
+    tcp_message_timeout_s: float = 10.0
+
     def __post_init__(self) -> None:
         for name in ("max_live_calls", "max_setups_per_s", "max_loop_lag_ms", "max_queue_age_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[sip] {name} must not be negative (0: no limit)")
         if self.overload_retry_after_s < 1:
             raise ConfigError("[sip] overload_retry_after_s must be at least 1")
+        for name in ("digest_nonce_ttl_s", "digest_max_failures", "tcp_max_connections",
+                     "tcp_max_connections_per_source"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"[sip] {name} must be at least 1")
+        for name in ("digest_failure_window_s", "tcp_message_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[sip] {name} must be positive")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -90,6 +109,7 @@ class SipConfig:
 class HttpConfig:
     listen: str = "127.0.0.1:8080"
     max_body_bytes: int = 8 * 1024 * 1024
+    max_json_bytes: int = 64 * 1024  # JSON request bodies (rate decks, CSV, have max_body_bytes)
 
     @property
     def address(self) -> tuple[str, int]:

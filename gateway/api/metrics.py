@@ -37,6 +37,16 @@ class _Collector:
         lag = GaugeMetricFamily("creditgate_event_loop_lag_seconds", "How late the event loop runs (decaying)")
         lag.add_metric([], self.b2bua.load.lag_s)
         yield lag
+        tcp = self.b2bua.stack.tcp
+        conns = GaugeMetricFamily("creditgate_sip_tcp_connections", "SIP TCP connections open")
+        conns.add_metric([], tcp.connections)
+        yield conns
+        closed = CounterMetricFamily("creditgate_sip_tcp_closed", "SIP TCP connections closed by the bounds: "
+                                     "refused (too many in all or from one address) or reaped (idle, or a "
+                                     "message not completed in time)", labels=["why"])
+        closed.add_metric(["refused"], tcp.refused)
+        closed.add_metric(["reaped"], tcp.reaped)
+        yield closed
         sip_in = CounterMetricFamily("creditgate_sip_requests_received", "SIP requests received", labels=["method"])
         sip_resp = CounterMetricFamily("creditgate_sip_responses_received", "SIP responses received",
                                        labels=["status"])

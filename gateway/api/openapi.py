@@ -29,6 +29,7 @@ ERRORS = {
     "404": _json(_ref("Error"), "No such resource (or another organization's)"),
     "422": _json(_ref("Error"), "A field is invalid; `error.field` names it"),
     "503": _json(_ref("Error"), "The ledger is unreachable"),
+    "413": _json(_ref("Error"), "The request body is larger than [http] max_body_bytes"),
 }
 
 
@@ -39,10 +40,12 @@ def _op(summary: str, ok: dict[str, Any], *, roles: tuple[str, ...] | None = Non
     if roles is not None:
         op["description"] = "Token roles allowed: " + ", ".join(roles) + "."
         op["security"] = [{"bearer": []}]
+        op["x-roles"] = list(roles)  # machine-readable: the hostile-HTTP tests check every route by it
     op["parameters"] = ([ORG] if org else []) + (params or [])
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
         op["responses"].setdefault("400", ERRORS["400"])
+        op["responses"].setdefault("413", ERRORS["413"])
         op["responses"].setdefault("422", ERRORS["422"])
     return op
 
@@ -234,11 +237,11 @@ def openapi_document() -> dict[str, Any]:
                 params=[{"name": "session", "in": "path", "required": True, "schema": {"type": "string"}}])},
             "/v1/rates/decks": {"post": {
                 "summary": "Import a rate deck (CSV with the SPEC header); rows without a date take ?effective",
-                "description": "Token roles allowed: operator.", "security": [{"bearer": []}],
+                "description": "Token roles allowed: operator.", "security": [{"bearer": []}], "x-roles": ["operator"],
                 "parameters": [{**q, "name": "effective", "schema": {"type": "string", "format": "date"}}],
                 "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
                 "responses": {"201": _json({"type": "object"}, "Imported"),
-                              **{e: ERRORS[e] for e in ("400", "401", "403", "422", "503")}}}},
+                              **{e: ERRORS[e] for e in ("400", "401", "403", "413", "422", "503")}}}},
             "/v1/rates/quote": {"get": _op(
                 "What a call to a number costs for N minutes", _json(_ref("Quote")), org=False,
                 roles=tuple(TOKEN_ROLES), errors=("401", "404", "422", "503"), params=[

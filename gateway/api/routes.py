@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import tempfile
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = ["routes"]
 
 routes = web.RouteTableDef()
 MAX_LEDGER_PAGE = 1000
+_CURSOR = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?", re.ASCII)  # a Redis stream entry id
 
 
 def _svc(request: web.Request) -> Services:
@@ -56,13 +58,53 @@ async def _org(request: web.Request, roles: frozenset[str]) -> tuple[Services, O
     return _svc(request), await _svc(request).directory.get_org(org_id)
 
 
+# Money as the document says it (SPEC 9): digits, optionally a point and 1 to 6 more; nothing else, not
+# even the sign or surrounding blanks parse_money tolerates from an operator's command line.
+_MONEY_TEXT = re.compile(r"[0-9]+(?:\.[0-9]{1,6})?", re.ASCII)
+
+
+def _encodable(value: Any) -> bool:
+    """Whether every string in a parsed JSON value is valid Unicode (JSON admits lone surrogates as
+    escapes, which can then be neither stored nor sent on)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's decoder would accept them
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
+    # JSON bodies are small: their own bound, below the one for rate decks ([http] max_body_bytes),
+    # keeps a hostile body from costing the event loop more than a few milliseconds to decode.
+    limit = _svc(request).config.http.max_json_bytes
+    too_large = ApiError(413, "too_large", f"a JSON body may be at most {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    raw = await request.read()  # a chunked body: bounded by [http] max_body_bytes, then checked here
+    if len(raw) > limit:
+        raise too_large
     try:
-        body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors;
+        # RecursionError: nesting deeper than the decoder's recursion limit
         raise ApiError(400, "bad_request", "the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
+    if not _encodable(body):
+        raise ApiError(400, "bad_request", "the body holds text that is not valid Unicode")
     return body
 
 
@@ -74,6 +116,10 @@ def _money(body: dict[str, Any], name: str, *, required: bool = True) -> int | N
         return None
     if not isinstance(value, str):
         raise InvalidInput("must be a decimal string such as \"50.00\", not a number", name)
+    if not _MONEY_TEXT.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidInput(f"{shown!r} is not a decimal string such as \"50.00\" (digits, at most 6 decimals)",
+                           name)
     try:
         return parse_money(value)
     except MoneyError as exc:
@@ -149,13 +195,17 @@ async def get_ledger(request: web.Request) -> web.Response:
         raise InvalidInput("must be an integer", "limit") from None
     if not 1 <= limit <= MAX_LEDGER_PAGE:
         raise InvalidInput(f"must be 1 to {MAX_LEDGER_PAGE}", "limit")
-    start = stream_id(parse_when(q["from"], field="from") if q.get("from") else None)
-    end = stream_id(parse_when(q["to"], end=True, field="to") if q.get("to") else None, end=True)
+    # Nothing is older than the epoch: an earlier bound is the epoch (a stream id is never negative).
+    start = stream_id(max(parse_when(q["from"], field="from"), 0.0) if q.get("from") else None)
+    until = parse_when(q["to"], end=True, field="to") if q.get("to") else None
+    end = stream_id(until, end=True)
     cursor = q.get("cursor")
     if cursor:
-        if not all(part.isdigit() for part in cursor.split("-", 1)):
+        if not _CURSOR.fullmatch(cursor) or any(int(part) >= 2**64 for part in cursor.split("-")):
             raise InvalidInput("is not a ledger entry id", "cursor")
         start = "(" + cursor
+    if until is not None and until <= 0:
+        return web.json_response({"entries": [], "next_cursor": None})  # ends before anything began
     rows = await ledger_view(svc, org, start=start, end=end, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]

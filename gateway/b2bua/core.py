@@ -41,6 +41,7 @@ from gateway.b2bua.routing import (
     dialed_digits,
     find_user,
     identify_source,
+    presented_user,
     target_address,
     tollfree_for,
 )
@@ -59,6 +60,7 @@ from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipError
 from gateway.sip.headers import Headers
 from gateway.sip.message import Request, Response, make_response
+from gateway.sip.throttle import FailureThrottle
 from gateway.sip.transaction import ClientTransaction, ServerTransaction, State
 from gateway.sip.uri import SipUri, parse_uri
 from gateway.sip.validate import DEFAULT_EXTENSIONS
@@ -119,7 +121,17 @@ class B2BUA:
         self.engine = engine
         self.config = config
         self.redis = redis
-        self.challenger = Challenger(digest_secret or secrets.token_bytes(32), DIGEST_REALM)
+        self.challenger = Challenger(digest_secret or secrets.token_bytes(32), DIGEST_REALM,
+                                     nonce_ttl_s=config.digest_nonce_ttl_s)
+        # Failed digest attempts per source host, per process: a source that keeps guessing is refused
+        # before any digest work. Per process (not in Redis) because only configured trunk hosts reach
+        # it, a check must cost no round trip, and with --workers N a source stays on one worker (the
+        # kernel spreads a shared port by source address and port), so the bound is at most N times
+        # the configured one for a sender that also varies its port.
+        self.auth_failures = FailureThrottle(config.digest_max_failures, config.digest_failure_window_s)
+        stack.tcp.limit(max_connections=config.tcp_max_connections,
+                        max_per_source=config.tcp_max_connections_per_source,
+                        message_timeout_s=config.tcp_message_timeout_s)
         self.registrar = Registrar(redis)
         self.grants = grants
         self.calls: dict[str, Call] = {}
@@ -363,14 +375,33 @@ class B2BUA:
             if not call.ended:
                 self._refuse(call, 500, "call setup failed")
 
-    async def _digest(self, request: Request, trunk: Trunk, header: str) -> tuple[bool, bool]:
+    def _auth_refused_for(self, source: tuple[str, int]) -> int:
+        """Seconds a source must wait before its next digest attempt (0: it may try now)."""
+        wait = self.auth_failures.retry_after(source[0].strip("[]").lower(), self.stack.now())
+        return int(wait) + 1 if wait > 0 else 0
+
+    def _auth_failed(self, source: tuple[str, int], trunk: Trunk, why: str) -> None:
+        host = source[0].strip("[]").lower()
+        self._count("digest_failed")
+        if self.auth_failures.failed(host, self.stack.now()):
+            self._count("digest_source_limited")
+            log.warning("digest failures from %s for trunk %s reached %d (%s): refusing it for %.0f s", host,
+                        trunk.id, self.auth_failures.max_failures, why, self.auth_failures.window_s)
+
+    async def _digest(self, request: Request, trunk: Trunk, header: str,
+                      source: tuple[str, int]) -> tuple[bool, bool]:
         """Check the trunk's digest credentials in ``header``: (accepted, stale). Unknown user and
         wrong password look the same from outside; each (nonce, nc, cnonce) is accepted once, across
-        every gateway process (the replay key is set in Redis with NX)."""
+        every gateway process (the replay key is set in Redis with NX). Every refused answer (and a
+        malformed one) counts against ``source``'s failure budget."""
         now = time.time()
         verdict = None
         for value in request.headers.get_all(header):
-            creds = parse_credentials(value)  # DigestError (400) on a malformed header
+            try:
+                creds = parse_credentials(value)
+            except DigestError:
+                self._auth_failed(source, trunk, "malformed credentials")
+                raise  # answered 400
             if creds.realm != DIGEST_REALM:
                 continue
 
@@ -386,6 +417,8 @@ class B2BUA:
         if not verdict.ok:
             log.info("digest refused for %s from trunk %s: %s", request.method, trunk.id, verdict.reason)
             self._count(f"digest_{verdict.reason}")
+            if not verdict.stale:  # stale: the right password on an old nonce, not a guess
+                self._auth_failed(source, trunk, verdict.reason)
             return False, verdict.stale
         if verdict.replay_key and self.redis is not None:
             fresh = await self.redis.set(GLOBAL.digest_replay(verdict.replay_key), 1, nx=True,
@@ -393,13 +426,24 @@ class B2BUA:
             if not fresh:
                 log.warning("replayed digest response from trunk %s", trunk.id)
                 self._count("digest_replay")
+                self._auth_failed(source, trunk, "replay")
                 return False, False
         return True, False
 
+    def _limited_headers(self, wait_s: int) -> list[tuple[str, str]]:
+        return [("Retry-After", str(wait_s)),
+                ("Warning", f'399 {self.stack.hostport} "too many failed authentication attempts"')]
+
     async def _authenticate(self, call: Call, request: Request, trunk: Trunk) -> bool:
-        """Digest for a trunk with credentials (407 challenge); True when the call may go on."""
+        """Digest for a trunk with credentials (407 challenge); True when the call may go on. A source
+        over its failure budget gets 503 + Retry-After, right credentials or not (nothing to learn)."""
+        wait = self._auth_refused_for(call.a.peer)
+        if wait:
+            self._count("digest_limited")
+            self._refuse(call, 503, "too many failed authentication attempts", retry_after=wait)
+            return False
         try:
-            ok, stale = await self._digest(request, trunk, "Proxy-Authorization")
+            ok, stale = await self._digest(request, trunk, "Proxy-Authorization", call.a.peer)
         except DigestError:
             self._refuse(call, 400, "malformed credentials")
             return False
@@ -423,8 +467,13 @@ class B2BUA:
                 return
             trunk = origin.trunk
             if trunk.username:
+                wait = self._auth_refused_for(txn.peer)
+                if wait:
+                    self._count("digest_limited")
+                    self._answer(txn, request, 503, to_tag=tag, headers=self._limited_headers(wait))
+                    return
                 try:
-                    ok, stale = await self._digest(request, trunk, "Authorization")
+                    ok, stale = await self._digest(request, trunk, "Authorization", txn.peer)
                 except DigestError:
                     self._answer(txn, request, 400, "Malformed credentials", to_tag=tag)
                     return
@@ -486,7 +535,7 @@ class B2BUA:
             host = f"[{carrier.host}]" if ":" in carrier.host else carrier.host
             b_uri = parse_uri(f"sip:{number}@{host}:{carrier.port}" + (";user=phone" if number.startswith("+") else ""))
             dest = (carrier.host, carrier.port)
-            from_user = user.number if user is not None else (caller or "anonymous")
+            from_user = user.number if user is not None else presented_user(caller)
         else:
             tf = await tollfree_for(self.directory, dialed)
             if tf is None:
@@ -506,7 +555,7 @@ class B2BUA:
             binding = await self.registrar.lookup(org.id, target.user_unescaped) if target.user else None
             if binding is not None:
                 b_uri, dest, transport = binding_target(binding)
-            from_user = caller or "anonymous"
+            from_user = presented_user(caller)
         call.org_id = org.id
         if call.ended:
             # The caller cancelled while the engine was deciding: give the reservation back.

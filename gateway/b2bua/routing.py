@@ -19,7 +19,8 @@ from gateway.sip.errors import ParseError
 from gateway.sip.message import Request
 from gateway.sip.uri import SipUri, Uri, parse_name_addr, unescape
 
-__all__ = ["Origin", "identify_source", "calling_number", "dialed_digits", "find_user", "target_address"]
+__all__ = ["Origin", "identify_source", "calling_number", "dialed_digits", "find_user", "target_address",
+           "presented_user"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +88,27 @@ def calling_number(request: Request) -> str | None:
         if user:
             return user
     return _user_part(request.headers.get("From"))
+
+
+# What a SIP user part may carry unescaped (RFC 3261 §25.1 unreserved, plus "+" of E.164 numbers).
+_USER_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()+")
+MAX_PRESENTED = 64
+
+
+def presented_user(caller: str | None) -> str:
+    """The caller's identity as the user part of the B leg's From: anything but unreserved characters
+    percent-escaped, at most 64 characters of it. The identity is the caller's to choose (an unknown
+    caller is billed as nobody), but its text must never add a header, a parameter or a host to the
+    request we build (an escaped CRLF, ">" or "@" in a From would otherwise do exactly that)."""
+    if not caller:
+        return "anonymous"
+    out = []
+    for ch in caller[:MAX_PRESENTED]:
+        if ch in _USER_SAFE:
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogateescape"))
+    return "".join(out)
 
 
 def dialed_digits(request: Request) -> str | None:

@@ -40,6 +40,7 @@ from gateway.sip.message import (
     make_response,
 )
 from gateway.sip.parser import KNOWN_METHODS, MAX_SIZE, StreamFramer, parse_message
+from gateway.sip.throttle import FailureThrottle
 from gateway.sip.uri import (
     AbsoluteUri,
     NameAddr,
@@ -70,6 +71,7 @@ __all__ = [
     "DEFAULT_EXTENSIONS",
     "DEFAULT_SCHEMES",
     "DropMessage",
+    "FailureThrottle",
     "FramingError",
     "Headers",
     "KNOWN_METHODS",

@@ -216,6 +216,8 @@ def parse_message(
     except SipError as exc:
         if data.lstrip(_CRLF)[:4].upper() == b"SIP/":
             raise DropMessage(f"Unusable response: {exc.reason}") from exc
+        if isinstance(exc, MessageTooLarge) and exc.headers is None:
+            exc.headers, exc.method = _salvage(data, max_size, max_headers, max_line)
         raise
     except RecursionError as exc:  # defensive: nothing here recurses, but never crash the caller
         raise ParseError("Message too complex") from exc
@@ -266,12 +268,46 @@ def _parse(
     return msg
 
 
-def _partial_headers(head: bytes, max_headers: int, max_line: int) -> tuple[Headers | None, str | None]:
+def _salvage(data: bytes, max_size: int, max_headers: int, max_line: int) -> tuple[Headers | None, str | None]:
+    """Best effort, bounded: the header fields that fit the bounds of a request refused for its size,
+    so that it can still be answered 513 (RFC 3261 §21.5.13) instead of silently dropped.
+
+    Only the first ``max_size`` octets and ``max_headers`` lines are looked at; lines over ``max_line``,
+    continuation lines, lines that are not ``name: value`` and an unterminated last line (it may be
+    cut) are left out. Without a Via among what is left the message is still dropped."""
+    head = data[:max_size].lstrip(_CRLF)
+    end = head.find(b"\r\n\r\n")
+    lines = head[: end if end >= 0 else len(head)].decode("utf-8", "surrogateescape").replace("\r\n", "\n").split("\n")
+    if end < 0:
+        lines.pop()  # possibly cut in the middle
+    if not lines or len(lines[0]) > max_line or lines[0][:4].upper() == "SIP/":
+        return None, None
+    items: list[tuple[str, str, str]] = []
+    for line in lines[1 : max_headers + 1]:
+        if not line or line[0] in " \t" or len(line) > max_line:
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            continue
+        hit = _CANON.get(name.rstrip(" \t").lower())
+        if hit is None:
+            if not _TOKEN_RE.fullmatch(name.rstrip(" \t")):
+                continue
+            hit = (name.rstrip(" \t").lower(), name.rstrip(" \t"))
+        items.append((hit[0], hit[1], value.strip(" \t")))
+    return Headers._trusted(items), lines[0].split(" ", 1)[0] or None
+
+
+def _partial_headers(
+    head: bytes, max_size: int, max_headers: int, max_line: int
+) -> tuple[Headers | None, str | None]:
     """Best effort: the header section and method of a message we cannot frame, to answer it."""
     try:
         start_line, items = _split_head(
             head.lstrip(b"\r\n").decode("utf-8", "surrogateescape"), max_headers, max_line
         )
+    except MessageTooLarge:
+        return _salvage(head + b"\r\n\r\n", max_size, max_headers, max_line)
     except SipError:
         return None, None
     if start_line[:4].upper() == "SIP/":
@@ -340,11 +376,16 @@ class StreamFramer:
                     nl = buf.rfind(b"\n", old_len, blen)
                     if nl >= 0:
                         self._line_start = nl + 1
-                    if blen > self.max_size:
-                        self._fail(FramingError("Header section too large", status_hint=513), out)
-                    elif blen - self._line_start > self.max_line:
-                        reason = f"Line longer than {self.max_line} octets"
-                        self._fail(FramingError(reason, status_hint=513), out)
+                    if blen > self.max_size or blen - self._line_start > self.max_line:
+                        reason = ("Header section too large" if blen > self.max_size
+                                  else f"Line longer than {self.max_line} octets")
+                        err = FramingError(reason, status_hint=513)
+                        if buf.lstrip(_CRLF)[:4].upper() == b"SIP/":
+                            err.status_hint = None  # a response is never answered, only dropped
+                        else:
+                            err.headers, err.method = _salvage(bytes(buf), self.max_size, self.max_headers,
+                                                               self.max_line)
+                        self._fail(err, out)
                     else:
                         self._scan = max(0, blen - 3)
                     break
@@ -365,7 +406,8 @@ class StreamFramer:
                     if head.lstrip(_CRLF)[:4].upper() == b"SIP/":
                         status = None  # a response is never answered, only dropped
                     err = FramingError(problem, status_hint=status)
-                    err.headers, err.method = _partial_headers(head, self.max_headers, self.max_line)
+                    err.headers, err.method = _partial_headers(head, self.max_size, self.max_headers,
+                                                               self.max_line)
                     self._fail(err, out)
                     break
                 total = end + sep + int(values[0])

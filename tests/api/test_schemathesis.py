@@ -2,7 +2,10 @@
 
 A real `creditgate run` serves the API; schemathesis generates requests for every documented operation
 (valid and invalid bodies, parameters, paths) with an organization admin's token and checks that no
-answer is a 5xx and that every status, content type and body matches the document.
+answer is a 5xx and that every status, content type and body matches the document. A second run
+generates only requests the document says are invalid (schemathesis' negative mode: wrong types,
+values outside patterns and bounds, missing required fields) and checks that each is refused with a
+4xx in the documented error shape, never accepted and never a 5xx.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, settings
 
@@ -52,7 +56,16 @@ def api_schema(live_api: GatewayProcess) -> Any:
     return schemathesis.openapi.from_url(f"http://127.0.0.1:{live_api.http_port}/openapi.json")
 
 
+@pytest.fixture(scope="module")
+def api_schema_negative(live_api: GatewayProcess) -> Any:
+    schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{live_api.http_port}/openapi.json")
+    schema.config.generation.update(modes=[GenerationMode.NEGATIVE])
+    return schema
+
+
 schema = schemathesis.pytest.from_fixture("api_schema")
+# Operations with no input at all have nothing that could be invalid.
+negative = schemathesis.pytest.from_fixture("api_schema_negative").exclude(path=["/health", "/metrics", "/openapi.json"])
 
 
 @schema.parametrize()
@@ -66,3 +79,19 @@ def test_every_operation_conforms_to_the_document(case: Any) -> None:
         # "schema-valid", so the check that schema-valid input is accepted cannot apply here.
         excluded.append(positive_data_acceptance)
     case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN[role]}"}, excluded_checks=excluded)
+
+
+def _role(path: str) -> str:
+    return "operator" if path.startswith("/v1/rates/decks") else "admin"
+
+
+@negative.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_invalid_requests_are_refused_in_the_error_shape(case: Any) -> None:
+    response = case.call(headers={"Authorization": f"Bearer {TOKEN[_role(case.path)]}"})
+    assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
+    assert "Traceback" not in response.text
+    if response.status_code >= 400:
+        err = response.json()["error"]
+        assert isinstance(err["code"], str) and isinstance(err["message"], str)
+    case.validate_response(response, excluded_checks=[positive_data_acceptance])
