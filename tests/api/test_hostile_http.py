@@ -259,3 +259,31 @@ async def test_unknown_routes_and_methods_answer_in_the_error_shape(api: Api) ->
                                    ("GET", "/v1/orgs/" + "a" * 5000 + "/balance", 404)):
         status, err = await api.call(method, path)
         _assert_error_shape(status, err, expected=expected)
+
+
+async def test_malformed_http_framing_is_refused_400_without_a_trace_and_the_server_goes_on(api: Api) -> None:
+    # Requests aiohttp's HTTP parser refuses before any route runs (the answer is its own short
+    # text/plain 400): a bad Content-Length, a header line without a colon, a control character in
+    # a header value. None may crash the server, leak a trace or move money.
+    import asyncio
+    from urllib.parse import urlsplit
+
+    target = urlsplit(api.base)
+    token = api.tokens["org_admin"]
+    before = (await api.svc.ledger.balance("acme")).balance
+    for head in (b"Content-Length: XPwjbnt{\r\n", b"Content-Length: 5\r\nContent-Length: 7\r\n",
+                 b"NoColonHere\r\n", b"X-Evil: a\x01b\r\n"):
+        reader, writer = await asyncio.open_connection(target.hostname, target.port)
+        try:
+            writer.write(b"POST /v1/orgs/acme/funding HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token.encode()
+                         + b"\r\nContent-Type: application/json\r\n" + head + b"\r\n" + b'{"amount": "100"}')
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(65536), 5)
+        finally:
+            writer.close()
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert re.match(rb"HTTP/1\.[01] 400 ", status_line), (head, answer[:200])
+        assert b"Traceback" not in answer and b'File "' not in answer, answer
+    assert (await api.svc.ledger.balance("acme")).balance == before
+    status, body = await api.call("GET", "/v1/orgs/acme/balance")
+    assert status == 200 and "balance" in body

@@ -78,7 +78,17 @@ def test_every_operation_conforms_to_the_document(case: Any) -> None:
         # Whether a CSV body is a valid rate deck is beyond what JSON Schema can say: any string is
         # "schema-valid", so the check that schema-valid input is accepted cannot apply here.
         excluded.append(positive_data_acceptance)
+    _undeclared_headers_dropped(case)
     case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN[role]}"}, excluded_checks=excluded)
+
+
+def _undeclared_headers_dropped(case: Any) -> None:
+    """The document declares no header parameters (the token travels through the security
+    scheme), yet schemathesis may add random ones, such as ``Content-Length: XPwjbnt{``: aiohttp
+    refuses such a request at the HTTP layer (400, text/plain) before the API sees it. That is
+    outside the document, so those headers are dropped here; malformed HTTP itself is the subject
+    of tests/api/test_hostile_http.py."""
+    case.headers = {}
 
 
 def _role(path: str) -> str:
@@ -88,6 +98,7 @@ def _role(path: str) -> str:
 @negative.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_invalid_requests_are_refused_in_the_error_shape(case: Any) -> None:
+    _undeclared_headers_dropped(case)
     response = case.call(headers={"Authorization": f"Bearer {TOKEN[_role(case.path)]}"})
     assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
     assert "Traceback" not in response.text
