@@ -98,6 +98,7 @@ def _rss_kib(world: World) -> int:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(HOLD_S + HOLD_CALLS // HOLD_RATE + 300)  # a scaled-up run outlasts the default bound
 def test_concurrent_billed_calls_held(benchmark, tmp_path: Path, redis_url: str, capsys) -> None:
     # Chunks of HOLD_CHUNK_S (10 s) on calls of HOLD_S: every call renews its reservation while held.
     settings = {"credit": {"debit_interval_s": HOLD_CHUNK_S},
