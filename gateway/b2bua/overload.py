@@ -151,6 +151,8 @@ class RateCeiling:
     burst. Pure: time comes in as arguments.
     """
 
+    RATE_WINDOW_S = 10
+
     def __init__(self, *, cut: float = 0.75, grow: float = 0.10, step_s: float = 0.25, quiet_s: float = 10.0,
                  floor: float = 1.0) -> None:
         self.cut, self.grow, self.step_s, self.quiet_s, self.floor = cut, grow, step_s, quiet_s, floor
@@ -159,25 +161,29 @@ class RateCeiling:
         self._refilled = 0.0
         self._cut_at = float("-inf")
         self._grown_at = 0.0
-        # Admissions in the current second and the two before it. The first ceiling starts from the
-        # best of the two whole seconds: by the time a standing queue is seen, the last few hundred
-        # milliseconds admitted next to nothing (the INVITEs read were stale), and starting from
-        # them would shut the door on a gateway that was carrying its full load a moment before.
+        # Admissions in the current second and the RATE_WINDOW_S before it. The first ceiling starts
+        # from the best of those whole seconds: by the time a standing queue is seen, the last
+        # moments admitted next to nothing (the INVITEs read were stale, or the process stood still
+        # for a second or two: a full collection of a heap holding tens of thousands of calls), and
+        # starting from them would shut the door (1 call/s) on a gateway that was carrying its full
+        # load a moment before. Measured: a 34,000-call run refused 9,861 INVITEs that way when
+        # only the last two seconds were remembered.
         self._second = 0
-        self._counts = [0, 0, 0]  # this second, the one before, the one before that
+        self._counts = [0] * (self.RATE_WINDOW_S + 1)  # [0]: this second, [i]: i seconds before
 
     def _roll(self, now: float) -> None:
         second = int(now)
-        if second != self._second:
-            gap = second - self._second
-            counts = self._counts
-            self._counts = [0, counts[0] if gap == 1 else 0, counts[1] if gap == 1 else counts[0] if gap == 2 else 0]
+        gap = second - self._second
+        if gap > 0:
+            n = len(self._counts)
+            self._counts = [0] * min(gap, n) + self._counts[:max(n - gap, 0)]
             self._second = second
 
     def admitted_rate(self, now: float) -> float:
-        """Calls admitted in the busier of the last two whole seconds (this one's so far if none)."""
+        """Calls admitted in the busiest of the last RATE_WINDOW_S whole seconds (this one's so far
+        if none)."""
         self._roll(now)
-        return float(max(self._counts[1], self._counts[2]) or self._counts[0])
+        return float(max(self._counts[1:]) or self._counts[0])
 
     def overloaded(self, now: float, arrived: float) -> None:
         """An overload signal at ``now`` about a request that arrived at ``arrived``."""

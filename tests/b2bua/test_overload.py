@@ -364,3 +364,20 @@ def test_a_standing_queue_after_a_busy_second_starts_the_ceiling_from_that_secon
     admitted = sum(adm.decide(1.5 + i / 3000, live_calls=0, loop_lag_s=0, queue_age_s=0.0) is None
                    for i in range(1500))
     assert 100 <= admitted <= 200, admitted  # about the ceiling (growing), far below the 1500 offered
+
+
+def test_a_standing_queue_after_the_process_stood_still_starts_the_ceiling_from_the_load_before() -> None:
+    # 200 calls a second for ten seconds, then the process stands still for 2.5 s (a full collection
+    # of a large heap): what queued meanwhile is stale. The ceiling must start from the 200/s carried
+    # before the pause, not from the empty seconds of the pause (which gave 1 call/s).
+    adm = admission(max_queue_age_ms=200)
+    for i in range(2000):
+        assert adm.decide(i / 200, live_calls=0, loop_lag_s=0, queue_age_s=0.0) is None
+    for i in range(30):
+        assert adm.decide(12.5 + i * 0.01, live_calls=0, loop_lag_s=0, queue_age_s=2.5) is not None
+    assert adm.ceiling.rate == pytest.approx(150, rel=0.01)
+    admitted = sum(adm.decide(13.0 + i / 400, live_calls=0, loop_lag_s=0, queue_age_s=0.0) is None
+                   for i in range(400))
+    assert admitted >= 150, admitted  # about the ceiling, growing: the door stays open
+    # Memory of the load is bounded: eleven idle seconds later only this second's calls count.
+    assert adm.ceiling.admitted_rate(40.0) == 0.0
