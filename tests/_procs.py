@@ -26,7 +26,7 @@ from redis.retry import Retry
 
 from gateway.ledger.embedded import find_redis_cli, find_redis_server
 
-__all__ = ["free_port", "free_cluster_port", "RedisProcess", "RedisClusterProcs", "wait_until"]
+__all__ = ["free_port", "free_cluster_port", "RedisProcess", "RedisClusterProcs", "rss_kb", "wait_until"]
 
 HOST = "127.0.0.1"
 # A cluster node also listens on its port + 10000 (the cluster bus), so its port must be at most
@@ -59,6 +59,15 @@ def free_cluster_port() -> int:
         if _bindable(port) and _bindable(port + CLUSTER_BUS_OFFSET):
             return port
     raise RuntimeError("no free port pair for a cluster node on 127.0.0.1")
+
+
+def rss_kb(pid: int) -> int:
+    """A process's resident memory (kB, VmRSS), from the kernel: the memory bound of load and attack tests."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from bench.conftest import SMOKE
 from bench.sipp.direct import sipp_direct_cps
+from tests._procs import rss_kb
 from tests.e2e._world import ALICE, UNIT, World, make_world
 from tests.e2e.sipp import Sipp, SippScenario, stop_all
 
@@ -88,15 +89,6 @@ def test_call_setups_per_second_through_the_gateway(benchmark, tmp_path: Path, r
     assert best > 0 and cdrs > 0
 
 
-def _rss_kib(world: World) -> int:
-    """The gateway process's resident memory (KiB), from /proc."""
-    assert world.gw.proc is not None
-    for line in Path(f"/proc/{world.gw.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 @pytest.mark.e2e
 @pytest.mark.timeout(HOLD_S + HOLD_CALLS // HOLD_RATE + 300)  # a scaled-up run outlasts the default bound
 def test_concurrent_billed_calls_held(benchmark, tmp_path: Path, redis_url: str, capsys) -> None:
@@ -112,7 +104,9 @@ def test_concurrent_billed_calls_held(benchmark, tmp_path: Path, redis_url: str,
                    rate=HOLD_RATE, concurrent=HOLD_CALLS, duration_ms=HOLD_S * 1000, timeout_s=bound_s,
                    trace_messages=False, workdir=tmp_path / "uac", injection=[(ALICE, LONDON)])
 
-        rss = {"start": _rss_kib(world), "peak": 0}
+        assert world.gw.proc is not None
+        gw_pid = world.gw.proc.pid
+        rss = {"start": rss_kb(gw_pid), "peak": 0}
 
         def run() -> int:
             peak = 0
@@ -124,7 +118,7 @@ def test_concurrent_billed_calls_held(benchmark, tmp_path: Path, redis_url: str,
                     live = world.balance().live
                     if live >= peak:
                         peak = live
-                        rss["peak"] = max(rss["peak"], _rss_kib(world))
+                        rss["peak"] = max(rss["peak"], rss_kb(gw_pid))
                     time.sleep(0.5)
                 pbx.wait(max(deadline - time.monotonic(), 1))
             finally:

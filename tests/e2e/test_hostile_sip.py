@@ -29,8 +29,10 @@ from gateway.sip.dialog import Dialog
 from gateway.sip.digest import authorization_header, parse_challenge
 
 try:
+    from _procs import rss_kb
     from sipp import Sipp, SippScenario, free_port
 except ImportError:  # pragma: no cover
+    from tests._procs import rss_kb
     from tests.e2e.sipp import Sipp, SippScenario, free_port
 
 pytestmark = pytest.mark.e2e
@@ -519,15 +521,6 @@ def call_id(data: bytes) -> str:
     return data.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0].decode()
 
 
-def _rss_kb(pid: int) -> int:
-    """The gateway's resident memory (kB), from the kernel."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def _bombs(local: tuple[str, int], transport: str) -> list[tuple[str, bytes, int | None]]:
     """(name, message, status the gateway answers or None when it must drop it) for max size 16384."""
     ruri = "sip:+442079460000@127.0.0.1"
@@ -631,7 +624,7 @@ def test_bombs_and_truncated_messages_over_udp_and_tcp_keep_memory_bounded(world
         # Warm up: every path runs once, so the allocator's first high-water mark is in the baseline.
         assert udp_round(s) == [] and tcp_round() == []
         lazy_peer()
-        before = _rss_kb(pid)
+        before = rss_kb(pid)
         problems: list[str] = []
         for _ in range(60):
             problems += udp_round(s)
@@ -643,7 +636,7 @@ def test_bombs_and_truncated_messages_over_udp_and_tcp_keep_memory_bounded(world
         assert problems == [], "\n".join(problems)
         lazy_peer()
         lazy_peer()
-        after = _rss_kb(pid)
+        after = rss_kb(pid)
     print(f"gateway VmRSS {before} kB after warm-up, {after} kB after the bombs")
     # Each round above carries about 50 kB of bombs (3 MB in all) and each lazy peer makes the gateway
     # answer thousands of requests (about 10 MB of answers): kept, any of them would show here.
@@ -671,7 +664,7 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 def test_slow_and_idle_tcp_senders_are_bounded_and_cut_off(world: World, sipp_factory: Any) -> None:
     world.fund("acme", 10 * UNIT)
     pid = world.gw.proc.pid  # type: ignore[union-attr]
-    before = _rss_kb(pid)
+    before = rss_kb(pid)
     # Slowloris: a request sent one octet at a time, 5 a second, never completes (it would take a
     # minute); the gateway cuts it off once the message is 3 s old, however steadily it trickles.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as slow:
@@ -730,7 +723,7 @@ def test_slow_and_idle_tcp_senders_are_bounded_and_cut_off(world: World, sipp_fa
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{world.gw.http_port}/metrics", timeout=10).read().decode()
     closed = dict(re.findall(r'creditgate_sip_tcp_closed_total\{why="(\w+)"\} ([0-9.]+)', metrics))
     assert float(closed["refused"]) >= 1 and float(closed["reaped"]) >= 21, closed  # the slow one and 20 idle
-    after = _rss_kb(pid)
+    after = rss_kb(pid)
     print(f"gateway VmRSS {before} kB before the slow and idle senders, {after} kB after")
     assert after - before < 15_000
     _sipp_call_works(world, sipp_factory, transport="tcp")

@@ -23,8 +23,10 @@ from _world import ALICE, UNIT, World, wait_answered
 from gateway.b2bua.core import CREDIT_EXHAUSTED_REASON
 
 try:
+    from _procs import rss_kb
     from sipp import SCENARIO_DIR, Sipp, SippScenario, expect_status_scenario, free_port
 except ImportError:  # pragma: no cover
+    from tests._procs import rss_kb
     from tests.e2e.sipp import SCENARIO_DIR, Sipp, SippScenario, expect_status_scenario, free_port
 
 pytestmark = pytest.mark.e2e
@@ -34,13 +36,6 @@ FEE = 10_000
 PER_S = 1_000  # micro-units per billed second
 CALL_OR_503 = SCENARIO_DIR / "uac_call_or_503.xml"
 BLITZ_USER = "+442079460200"
-
-
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def _health_s(world: World, timeout: float = 5.0) -> float:
@@ -205,7 +200,7 @@ def test_a_flood_of_ten_times_capacity_for_30_s_leaves_the_gateway_healthy_and_t
         assert time.monotonic() < deadline, live.diagnostics()
         time.sleep(0.05)
     pid = world.gw.proc.pid  # type: ignore[union-attr]
-    rss_before = _rss_kb(pid)
+    rss_before = rss_kb(pid)
     health_before = _health_s(world)
     flood = sipp_factory(CALL_OR_503, remote=world.sip, local_port=flood_port, calls=offered, rate=FLOOD_RATE,
                          concurrent=offered, duration_ms=1000, timeout_s=FLOOD_S + 60, trace_messages=False,
@@ -213,7 +208,7 @@ def test_a_flood_of_ten_times_capacity_for_30_s_leaves_the_gateway_healthy_and_t
     rss_peak, health_worst, samples = rss_before, health_before, 0
     flood_deadline = time.monotonic() + FLOOD_S + 70
     while flood.is_running() and time.monotonic() < flood_deadline:
-        rss_peak = max(rss_peak, _rss_kb(pid))
+        rss_peak = max(rss_peak, rss_kb(pid))
         health_worst = max(health_worst, _health_s(world))
         samples += 1
         time.sleep(0.5)
@@ -225,7 +220,7 @@ def test_a_flood_of_ten_times_capacity_for_30_s_leaves_the_gateway_healthy_and_t
     assert after.run() == 0, after.diagnostics()
     recovered_s = time.monotonic() - flood_over
     health_after = _health_s(world)
-    rss_after = _rss_kb(pid)
+    rss_after = rss_kb(pid)
 
     to_503, retry, admitted = _times(flood)
     stats = flood.stats()
