@@ -25,6 +25,7 @@ from gateway.b2bua.stack import SipStack
 from gateway.config import Config
 from gateway.directory import DirectoryCache
 from gateway.funding import start_funding_tasks
+from gateway.gcpolicy import GcPolicy
 from gateway.ledger.client import LedgerUnavailable
 from gateway.ledger.embedded import ensure_redis
 from gateway.ledger.keys import GLOBAL
@@ -90,9 +91,14 @@ async def serve(svc: Services, stop: asyncio.Event, *, reuse_port: bool = False)
     b2bua = await start_sip(svc, reuse_port=reuse_port)
     http = await start_http(svc, b2bua=b2bua, reuse_port=reuse_port)
     funding = start_funding_tasks(svc)  # auto-recharge purchases and the admins' mail, off the call path
-    # Everything built so far lives as long as the process: keep it out of the collector's scans, so
-    # a full collection with thousands of live calls stays short.
+    # Everything built so far lives as long as the process: keep it out of the collector's scans; and
+    # no automatic full collections with thousands of live calls (gateway.gcpolicy).
     gc.freeze()
+    gc_policy = GcPolicy(interval_s=svc.config.sip.gc_full_interval_s,
+                         max_live_calls=svc.config.sip.gc_full_max_live_calls)
+    gc_policy.install()
+    b2bua.gc_policy = gc_policy
+    collector = asyncio.ensure_future(gc_policy.run(lambda: b2bua.live_calls))
     log.info("creditgate ready: ledger at %s (data_dir %s)", svc.url, svc.config.data_dir)
     try:
         await stop.wait()
@@ -107,7 +113,9 @@ async def serve(svc: Services, stop: asyncio.Event, *, reuse_port: bool = False)
         if isinstance(b2bua.directory, DirectoryCache):
             await b2bua.directory.stop()
         housekeeping.cancel()
-        await asyncio.gather(housekeeping, return_exceptions=True)
+        collector.cancel()
+        await asyncio.gather(housekeeping, collector, return_exceptions=True)
+        gc_policy.uninstall()
         await svc.rates.stop()
         if svc.engine.pending_settlements:
             await svc.engine.retry_pending()

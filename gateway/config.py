@@ -84,7 +84,16 @@ class SipConfig:
     tcp_max_connections_per_source: int = 256
     tcp_message_timeout_s: float = 10.0
 
+    # The process's own full garbage collections (gateway.gcpolicy): none automatic (with thousands
+    # of live calls one stops the process for seconds); one at least gc_full_interval_s after the
+    # last when at most gc_full_max_live_calls calls are live, or regardless after 24 intervals.
+    # gc_full_interval_s = 0: never.
+    gc_full_interval_s: float = 3600.0
+    gc_full_max_live_calls: int = 1000
+
     def __post_init__(self) -> None:
+        if self.gc_full_interval_s < 0 or self.gc_full_max_live_calls < 0:
+            raise ConfigError("[sip] gc_full_interval_s and gc_full_max_live_calls must not be negative")
         for name in ("max_live_calls", "max_setups_per_s", "max_loop_lag_ms", "max_queue_age_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[sip] {name} must not be negative (0: no limit)")

@@ -37,6 +37,20 @@ class _Collector:
         lag = GaugeMetricFamily("creditgate_event_loop_lag_seconds", "How late the event loop runs (decaying)")
         lag.add_metric([], self.b2bua.load.lag_s)
         yield lag
+        policy = self.b2bua.gc_policy
+        if policy is not None:
+            gcs = CounterMetricFamily("creditgate_gc_collections", "Garbage collections run", labels=["generation"])
+            pause = CounterMetricFamily("creditgate_gc_pause_seconds", "Time the process stood still in garbage "
+                                        "collections", labels=["generation"])
+            longest = GaugeMetricFamily("creditgate_gc_longest_pause_seconds", "Longest single garbage collection",
+                                        labels=["generation"])
+            for gen in range(3):
+                gcs.add_metric([str(gen)], policy.collections[gen])
+                pause.add_metric([str(gen)], policy.pause_s[gen])
+                longest.add_metric([str(gen)], policy.max_pause_s[gen])
+            yield gcs
+            yield pause
+            yield longest
         tcp = self.b2bua.stack.tcp
         conns = GaugeMetricFamily("creditgate_sip_tcp_connections", "SIP TCP connections open")
         conns.add_metric([], tcp.connections)

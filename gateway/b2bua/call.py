@@ -67,7 +67,7 @@ class Leg:
     acked: bool = False
 
 
-@dataclass(slots=True, eq=False, kw_only=True)
+@dataclass(slots=True, eq=False, kw_only=True, weakref_slot=True)  # weakly referable: tests watch calls die
 class Call:
     id: str  # the ledger's call id (our B-leg Call-ID: unique, ours)
     a: Leg
@@ -86,6 +86,7 @@ class Call:
     defer_b_ack: bool = False  # late offer: the B leg's ACK waits for the A leg's (it carries the answer)
     end_reason: str = ""
     sip_status: int = 0
+    ring_timer: Any = None  # the asyncio handle of the no-answer timeout, cancelled once answered or ended
     # Relayed in-dialog transactions: our client transaction -> the server transaction to answer.
     relays: dict[int, ServerTransaction] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)

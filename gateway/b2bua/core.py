@@ -71,6 +71,8 @@ log = logging.getLogger("creditgate.b2bua")
 
 # RFC 3261 §16.6 Timer C: an INVITE that rang this long without a final response is cancelled.
 RING_TIMEOUT_S = 180.0
+# How long an ended call's legs stay findable (64*T1, as long as its transactions may retransmit).
+LINGER_S = 32.0
 ALLOW = ", ".join(m for m in ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE", "PRACK", "INFO", "REGISTER")
                   if m in SERVED_METHODS)
 SUPPORTED = ", ".join(sorted(DEFAULT_EXTENSIONS))
@@ -135,6 +137,8 @@ class B2BUA:
         self.registrar = Registrar(redis)
         self.grants = grants
         self.calls: dict[str, Call] = {}
+        self.linger_s = LINGER_S
+        self.gc_policy: Any = None  # gateway.gcpolicy.GcPolicy of the process, for the metrics
         self._legs: dict[tuple[str, str], tuple[Call, Leg]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.load = LoadMeter()
@@ -590,7 +594,7 @@ class B2BUA:
         call.state = CallState.ROUTING
         self._log(call, logging.DEBUG, "routing %s to %s:%s over %s", b_uri, dest[0], dest[1], transport)
         b.invite_txn = self.stack.send_request(invite, dest, transport, context=("b_invite", call))
-        self.stack.loop.call_later(RING_TIMEOUT_S, self._ring_timeout, call)
+        call.ring_timer = self.stack.loop.call_later(RING_TIMEOUT_S, self._ring_timeout, call)
 
     def _ring_timeout(self, call: Call) -> None:
         if call.state is CallState.ROUTING and not call.ended:
@@ -674,6 +678,9 @@ class B2BUA:
         assert b is not None and call.auth is not None and a.invite is not None
         call.state = CallState.CONFIRMED
         call.answered_wall = time.time()
+        if call.ring_timer is not None:
+            call.ring_timer.cancel()
+            call.ring_timer = None
         self._count(f"answered_{call.auth.paid_by}_{call.auth.destination.number_class.value}")
         if not call.defer_b_ack or not response.body:
             call.defer_b_ack = False
@@ -844,8 +851,11 @@ class B2BUA:
         call.end_reason = end_reason
         self._count(f"ended_{end_reason}")
         self.calls.pop(call.id, None)
+        if call.ring_timer is not None:
+            call.ring_timer.cancel()
+            call.ring_timer = None
         # Keep the legs findable a little while: a late BYE or ACK retransmission gets its answer.
-        self.stack.loop.call_later(32.0, self._forget, call)
+        self.stack.loop.call_later(self.linger_s, self._forget, call)
         if call.auth is None:
             return
         extra = {
@@ -869,6 +879,14 @@ class B2BUA:
         for leg, tag in ((call.a, call.a.invite.from_tag if call.a.invite else ""), (call.b, "")):
             if leg is not None and self._legs.get((leg.call_id, tag or "")) == (call, leg):
                 del self._legs[(leg.call_id, tag or "")]
+        # Break the call's reference cycles (its transactions and its credit session's callbacks point
+        # back at it): reference counting then frees the call as soon as its last transaction ends, and
+        # the cyclic collector never has to find it (gateway.gcpolicy keeps long-lived objects frozen).
+        for leg in (call.a, call.b):
+            if leg is not None:
+                leg.invite_txn = None
+        call.session = None
+        call.relays.clear()
 
     async def drain(self, timeout_s: float) -> None:
         """Refuse new calls; wait up to ``timeout_s`` for live ones to end, then end the rest."""

@@ -9,6 +9,7 @@ the balance, the CDRs and the reconciliation from Redis. The rates (``DECK`` in 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import pytest
@@ -280,6 +281,10 @@ def test_metrics_count_calls_refusals_and_sip_traffic(world: World, sipp_factory
         assert line in text, line
     (cdr,) = world.cdrs()
     assert f'creditgate_debited_micros_total {float(int(cdr["charge"]))}' in text
+    # The process's collections are timed; the young generations run, automatic full ones do not.
+    gc_runs = dict(re.findall(r'creditgate_gc_collections_total\{generation="(\d)"\} ([0-9.]+)', text))
+    assert float(gc_runs["0"]) > 0 and float(gc_runs["2"]) == 0, gc_runs
+    assert 'creditgate_gc_longest_pause_seconds{generation="0"}' in text
 
 
 def test_a_stranger_who_knows_the_dialog_cannot_hang_up_the_call(world: World, sipp_factory: Factory) -> None:
