@@ -56,6 +56,11 @@ class _JsonFormatter(logging.Formatter):
 
 
 def _configure_logging(level: str, json_logs: bool) -> None:
+    # A line per call on the call path: skip what neither format uses (the logging HOWTO's
+    # "Optimization"): the caller's file/line/function looked up on the stack, thread and process names.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     if json_logs:
         formatter: logging.Formatter = _JsonFormatter()

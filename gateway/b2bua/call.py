@@ -48,6 +48,8 @@ def passthrough(headers: Headers, *, drop: frozenset[str] = frozenset()) -> list
 
 
 class CallState(enum.Enum):
+    __hash__ = object.__hash__  # identity, in C (see transaction.State)
+
     AUTHORIZING = "authorizing"  # the credit engine is deciding
     ROUTING = "routing"  # B-leg INVITE sent, no final response yet
     CONFIRMED = "confirmed"  # answered

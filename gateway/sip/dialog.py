@@ -28,6 +28,8 @@ __all__ = ["Dialog", "DialogState", "dialog_id"]
 
 
 class DialogState(enum.Enum):
+    __hash__ = object.__hash__  # identity, in C (see transaction.State)
+
     EARLY = "early"
     CONFIRMED = "confirmed"
     TERMINATED = "terminated"

@@ -85,6 +85,10 @@ def new_branch() -> str:
 
 
 class State(enum.Enum):
+    # Members are singletons: hash by identity in C (Enum's own __hash__ is Python code, and the
+    # transaction tables are looked up by (state, input) on every message).
+    __hash__ = object.__hash__
+
     CALLING = "calling"
     TRYING = "trying"
     PROCEEDING = "proceeding"
@@ -95,6 +99,8 @@ class State(enum.Enum):
 
 
 class Input(enum.Enum):
+    __hash__ = object.__hash__  # identity, in C (see transaction.State)
+
     # from the network
     PROVISIONAL = "1xx"
     SUCCESS = "2xx"
