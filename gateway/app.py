@@ -26,7 +26,7 @@ from gateway.config import Config
 from gateway.directory import DirectoryCache
 from gateway.funding import start_funding_tasks
 from gateway.gcpolicy import GcPolicy
-from gateway.ledger.client import LedgerUnavailable
+from gateway.ledger.client import LedgerUnavailable, utc_now_iso
 from gateway.ledger.embedded import ensure_redis
 from gateway.ledger.keys import GLOBAL
 from gateway.services import Services, open_services
@@ -41,7 +41,7 @@ class _JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "ts": utc_now_iso(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),

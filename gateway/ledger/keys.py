@@ -166,6 +166,19 @@ def call_key(org: str, call_id: str) -> str:
     return "cg:{" + org + "}:call:" + call_id
 
 
+_months: dict[int, str] = {}  # UTC day number -> "YYYYMM": strftime once per day, not per call
+
+
 def month_of(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m")
+    """The UTC calendar month of ``ts`` as ``YYYYMM`` (the allotments' month key)."""
+    day, into = divmod(ts, 86400)
+    if into < 0.001 or into > 86399.999:  # at midnight: round to the microsecond exactly as datetime does
+        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m")
+    day = int(day)
+    month = _months.get(day)
+    if month is None:
+        if len(_months) >= 1024:
+            _months.clear()
+        month = _months[day] = datetime.fromtimestamp(day * 86400, timezone.utc).strftime("%Y%m")
+    return month
 
