@@ -584,6 +584,7 @@ class DirectoryCache:
         self._orgs: dict[str, tuple[float, Org]] = {}
         self._users: dict[tuple[str, str], tuple[float, User]] = {}
         self._tollfree: dict[str, tuple[float, TollFree]] = {}
+        self._loading: dict[tuple[int, Any], asyncio.Future[Any]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def invalidate(self) -> None:
@@ -600,6 +601,23 @@ class DirectoryCache:
         entry = cache.get(key)
         if not fresh and self._fresh(entry):
             return entry[1]  # type: ignore[index]
+        if fresh:  # Redis's word, read now: a read already under way may have begun before a change
+            return await self._load(cache, key, load, keep_none, fresh=True)
+        # One read per stale entry, however many calls want it meanwhile: when a popular entry goes
+        # stale (its ttl, or a change) under hundreds of setups per second, each of them would read
+        # it again from Redis at once (and the connection pool would grow to carry them).
+        flight = (id(cache), key)
+        loading = self._loading.get(flight)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(cache, key, load, keep_none, fresh=False))
+            self._loading[flight] = loading
+            loading.add_done_callback(lambda done: self._loading.pop(flight, None)
+                                      if self._loading.get(flight) is done else None)
+        return await asyncio.shield(loading)  # a caller that gives up does not cancel the others' read
+
+    async def _load(self, cache: dict[Any, tuple[float, Any]], key: Any, load: Any, keep_none: bool, *,
+                    fresh: bool) -> Any:
+        entry = cache.get(key)
         try:
             value = await load()
         except LedgerUnavailable:

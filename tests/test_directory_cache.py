@@ -81,3 +81,58 @@ async def test_a_change_is_seen_at_once_and_the_last_known_records_serve_an_outa
     finally:
         await cache.stop()
         await client.aclose()
+
+
+async def test_concurrent_readers_of_a_stale_entry_share_one_redis_read(redis_url: str) -> None:
+    client = redis_client(redis_url, timeout_s=2.0)
+    directory = Directory(client)
+    cache = DirectoryCache(directory, ttl_s=60.0)
+    try:
+        org, _ = await directory.create_org("Acme", country="GB", currency="GBP", org_id="acme")
+        await directory.add_user(org, "alice", number="+442079460001", licence=True)
+        reads = {"org": 0, "user": 0, "trunks": 0}
+        real_org, real_user, real_trunks = directory.get_org, directory.user_by_number, directory.list_trunks
+
+        async def get_org(org_id: str):  # type: ignore[no-untyped-def]
+            reads["org"] += 1
+            return await real_org(org_id)
+
+        async def user_by_number(org_id: str, number: str):  # type: ignore[no-untyped-def]
+            reads["user"] += 1
+            return await real_user(org_id, number)
+
+        async def list_trunks():  # type: ignore[no-untyped-def]
+            reads["trunks"] += 1
+            return await real_trunks()
+
+        directory.get_org, directory.user_by_number = get_org, user_by_number  # type: ignore[method-assign]
+        directory.list_trunks = list_trunks  # type: ignore[method-assign]
+
+        async def burst() -> None:
+            orgs = await asyncio.gather(*(cache.get_org("acme") for _ in range(200)))
+            users = await asyncio.gather(*(cache.user_by_number("acme", "+442079460001") for _ in range(200)))
+            assert {o.name for o in orgs} == {"Acme"} and {u.id for u in users} == {"alice"}  # type: ignore[union-attr]
+
+        await burst()
+        assert reads == {"org": 1, "user": 1, "trunks": 0}  # cold: one read each for 200 callers
+        await burst()
+        assert reads == {"org": 1, "user": 1, "trunks": 0}  # fresh: none
+        await directory.update_org(org, name="Acme Ltd")
+        cache.invalidate()  # what the watcher does on the change's message
+        orgs = await asyncio.gather(*(cache.get_org("acme") for _ in range(200)))
+        assert reads["org"] == 2 and {o.name for o in orgs} == {"Acme Ltd"}  # stale: one read again, the new name
+
+        # Misses are not cached, but concurrent ones still share their read; a caller that asks for
+        # Redis's word reads on its own; a caller that gives up does not cancel the others' read.
+        misses = await asyncio.gather(*(cache.user_by_number("acme", "+442079460009") for _ in range(50)))
+        assert misses == [None] * 50 and reads["user"] == 2
+        await asyncio.gather(*(cache.list_trunks(fresh=True) for _ in range(3)))
+        assert reads["trunks"] == 3
+        cache.invalidate()
+        waiters = [asyncio.ensure_future(cache.get_org("acme")) for _ in range(5)]
+        await asyncio.sleep(0)
+        waiters[0].cancel()
+        done = await asyncio.gather(*waiters[1:])
+        assert {o.name for o in done} == {"Acme Ltd"} and reads["org"] == 3
+    finally:
+        await client.aclose()
