@@ -332,6 +332,20 @@ def test_the_ceiling_never_drops_below_its_floor_and_is_not_cut_for_a_backlog_of
     assert ceiling.rate == pytest.approx(75, rel=0.01)
 
 
+def test_a_ceiling_that_grew_above_the_load_is_cut_from_the_load() -> None:
+    # Overload signals every 5 s while 200 calls/s arrive: between signals the ceiling grows 10 % a
+    # quarter second, far above the load; each cut must start from the load, or cut, grow and cut
+    # again would compound without bound.
+    ceiling = RateCeiling()
+    t = 0.0
+    for _ in range(12):
+        _offer(ceiling, t, 5.0, 200)
+        t += 5.0
+        ceiling.overloaded(t, arrived=t - 0.01)
+        assert ceiling.rate is not None and ceiling.rate <= 200 * 0.75 + 1, ceiling.rate
+    assert ceiling.rate == pytest.approx(150, rel=0.05)
+
+
 def test_admission_learns_the_ceiling_from_queued_invites() -> None:
     adm = admission(max_queue_age_ms=200)
     for i in range(300):  # 300/s admitted, fresh
