@@ -352,9 +352,8 @@ class B2BUA:
     def _respond_a(self, call: Call, status: int, reason: str | None = None, *,
                    headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> None:
         txn = call.a.invite_txn
-        assert isinstance(txn, ServerTransaction) and call.a.invite is not None
-        if txn.state is not State.PROCEEDING:
-            return  # already answered finally
+        if not isinstance(txn, ServerTransaction) or call.a.invite is None or txn.state is not State.PROCEEDING:
+            return  # already answered finally (or long forgotten: _forget let go of the transaction)
         resp = make_response(call.a.invite, status, reason, to_tag=call.a.local_tag, headers=headers or ())
         resp.body = body
         self.stack.respond(txn, resp)
