@@ -585,13 +585,36 @@ class DirectoryCache:
         self._users: dict[tuple[str, str], tuple[float, User]] = {}
         self._tollfree: dict[str, tuple[float, TollFree]] = {}
         self._loading: dict[tuple[int, Any], asyncio.Future[Any]] = {}
+        # Sources that were neither trunk nor carrier even in Redis's own word, a moment ago.
+        self._strangers: dict[tuple[str, int], float] = {}
         self._task: asyncio.Task[None] | None = None
+
+    # A source address found unknown after a fresh read of the trunks and carriers is not read for
+    # again for this long, unless a change comes first (``invalidate`` forgets them all). Without it
+    # every INVITE of a stranger's flood made the gateway read every trunk and carrier from Redis.
+    STRANGER_TTL_S = 2.0
+    MAX_STRANGERS = 10_000
+
+    def known_stranger(self, host: str, port: int) -> bool:
+        until = self._strangers.get((host, port))
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._strangers[(host, port)]
+        return False
+
+    def note_stranger(self, host: str, port: int) -> None:
+        if len(self._strangers) >= self.MAX_STRANGERS:
+            self._strangers.clear()  # many sources at once: forget them rather than grow
+        self._strangers[(host, port)] = time.monotonic() + self.STRANGER_TTL_S
 
     def invalidate(self) -> None:
         """Every entry stale: read again from Redis next time, kept only as the outage fallback."""
         for cache in (self._lists, self._orgs, self._users, self._tollfree):
             for key, (_, value) in list(cache.items()):
                 cache[key] = (0.0, value)  # type: ignore[index]
+        self._strangers.clear()
 
     def _fresh(self, entry: tuple[float, Any] | None) -> bool:
         return entry is not None and entry[0] > time.monotonic()

@@ -136,3 +136,52 @@ async def test_concurrent_readers_of_a_stale_entry_share_one_redis_read(redis_ur
         assert {o.name for o in done} == {"Acme Ltd"} and reads["org"] == 3
     finally:
         await client.aclose()
+
+
+async def test_a_strangers_flood_reads_the_trunks_once_and_a_new_trunk_is_found_at_once(redis_url: str) -> None:
+    from gateway.b2bua.routing import identify_source
+
+    client = redis_client(redis_url, timeout_s=2.0)
+    directory = Directory(client)
+    cache = DirectoryCache(directory, ttl_s=60.0)
+    cache.watch()
+    try:
+        org, _ = await directory.create_org("Acme", country="GB", currency="GBP", org_id="acme")
+        await directory.add_trunk(org, "127.0.0.1:5070")
+        reads = {"trunks": 0}
+        real_trunks = directory.list_trunks
+
+        async def list_trunks():  # type: ignore[no-untyped-def]
+            reads["trunks"] += 1
+            return await real_trunks()
+
+        directory.list_trunks = list_trunks  # type: ignore[method-assign]
+        assert (await identify_source(cache, "127.0.0.1", 5070)) is not None
+        assert reads["trunks"] == 1
+        for _ in range(500):  # a flood from one unknown source
+            assert await identify_source(cache, "127.0.0.9", 5060) is None
+        assert reads["trunks"] == 2  # one fresh read confirmed the miss; the rest were answered from memory
+        assert await identify_source(cache, "127.0.0.9", 5061) is None  # another source: checked on its own
+        assert reads["trunks"] == 3
+
+        # The stranger becomes a trunk: the change's message makes the cache forget its strangers.
+        await Directory(client).add_trunk(org, "127.0.0.9:5060")
+        for _ in range(100):
+            if await identify_source(cache, "127.0.0.9", 5060) is not None:
+                break
+            await asyncio.sleep(0.02)
+        origin = await identify_source(cache, "127.0.0.9", 5060)
+        assert origin is not None and origin.kind == "trunk"
+
+        # Without a change, a stranger is read for again once its time is up.
+        cache.STRANGER_TTL_S = 0.05
+        before = reads["trunks"]
+        assert await identify_source(cache, "127.0.0.8", 5060) is None
+        assert await identify_source(cache, "127.0.0.8", 5060) is None
+        assert reads["trunks"] == before + 1
+        await asyncio.sleep(0.1)
+        assert await identify_source(cache, "127.0.0.8", 5060) is None
+        assert reads["trunks"] == before + 2
+    finally:
+        await cache.stop()
+        await client.aclose()

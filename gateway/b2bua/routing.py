@@ -53,11 +53,16 @@ def _match(trunks: list[Trunk], carriers: list[Carrier], host: str, port: int) -
 
 async def identify_source(directory: Directory | DirectoryCache, host: str, port: int) -> Origin | None:
     """The trunk or carrier ``host:port`` belongs to, or None (an unknown source). Through a cache,
-    a miss is checked once more against Redis: a trunk added a moment ago is always found."""
+    a miss is checked once more against Redis: a trunk added a moment ago is always found (the
+    cache forgets its strangers on every change; see ``DirectoryCache.known_stranger``)."""
     origin = _match(await directory.list_trunks(), await directory.list_carriers(), host, port)
     if origin is None and isinstance(directory, DirectoryCache):
+        if directory.known_stranger(host, port):
+            return None
         origin = _match(await directory.list_trunks(fresh=True), await directory.list_carriers(fresh=True),
                         host, port)
+        if origin is None:
+            directory.note_stranger(host, port)
     return origin
 
 
