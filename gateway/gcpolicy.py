@@ -66,6 +66,7 @@ class GcPolicy:
         self.collected = [0, 0, 0]
         self.last_full = clock()
         self._started = 0.0
+        self._started_cpu = 0.0
         self._saved: tuple[int, int, int] | None = None
 
     def install(self) -> None:
@@ -84,6 +85,7 @@ class GcPolicy:
     def _timed(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
+            self._started_cpu = time.process_time()
             return
         gen = info["generation"]
         pause = time.perf_counter() - self._started
@@ -93,8 +95,10 @@ class GcPolicy:
         if pause > self.max_pause_s[gen]:
             self.max_pause_s[gen] = pause
         if pause > SLOW_PAUSE_S:
-            log.warning("garbage collection of generation %d stopped the process for %.0f ms (%d objects freed)",
-                        gen, pause * 1000, info["collected"])
+            # The CPU time tells a long collection from a process the machine took the CPU from.
+            log.warning("garbage collection of generation %d stopped the process for %.0f ms (%.0f ms of CPU; "
+                        "%d objects freed)", gen, pause * 1000, (time.process_time() - self._started_cpu) * 1000,
+                        info["collected"])
 
     def collect_if_due(self, live_calls: int) -> bool:
         now = self.clock()

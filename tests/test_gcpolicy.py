@@ -76,4 +76,5 @@ def test_a_slow_collection_is_logged(caplog: pytest.LogCaptureFixture, monkeypat
             gc.collect(1)
     finally:
         policy.uninstall()
-    assert any("garbage collection of generation 1 stopped the process" in r.message for r in caplog.records)
+    assert any("garbage collection of generation 1 stopped the process" in r.message and "ms of CPU" in r.message
+               for r in caplog.records)

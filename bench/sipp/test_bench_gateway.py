@@ -26,7 +26,7 @@ from tests._procs import rss_kb
 from tests.e2e._world import ALICE, UNIT, World, make_world
 from tests.e2e.sipp import Sipp, SippScenario, stop_all
 
-RATES = [200] if SMOKE else [200, 400, 600, 800, 1000, 1500, 2000]
+RATES = [200] if SMOKE else [200, 300, 400, 500, 600, 800, 1000, 1500, 2000]
 SECONDS_PER_STEP = 2 if SMOKE else 5
 # The hold run can be scaled from the environment (e.g. CREDITGATE_BENCH_HOLD_CALLS=50000,
 # CREDITGATE_BENCH_HOLD_S=240, CREDITGATE_BENCH_HOLD_CHUNK_S=60): the calls must stay up longer
