@@ -30,9 +30,10 @@ import asyncio
 import gc
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["FORCE_AFTER", "GcPolicy", "SLOW_PAUSE_S", "full_collection_due"]
+__all__ = ["FORCE_AFTER", "SLOW_PAUSE_S", "GcPolicy", "full_collection_due"]
 
 log = logging.getLogger("creditgate.gc")
 
@@ -92,8 +93,7 @@ class GcPolicy:
         self.collections[gen] += 1
         self.pause_s[gen] += pause
         self.collected[gen] += info["collected"]
-        if pause > self.max_pause_s[gen]:
-            self.max_pause_s[gen] = pause
+        self.max_pause_s[gen] = max(self.max_pause_s[gen], pause)
         if pause > SLOW_PAUSE_S:
             # The CPU time tells a long collection from a process the machine took the CPU from.
             log.warning("garbage collection of generation %d stopped the process for %.0f ms (%.0f ms of CPU; "

@@ -3,7 +3,7 @@ month and year boundaries and when the caches are full."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +18,7 @@ TIMES = st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False, allow_i
 
 def _iso(ts: float) -> str:
     sec = int(ts // 1)
-    return datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{int((ts - sec) * 1000):03d}Z"
+    return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{int((ts - sec) * 1000):03d}Z"
 
 
 @settings(max_examples=2000)
@@ -31,15 +31,15 @@ def test_utc_now_iso_matches_datetime(ts: float) -> None:
 @settings(max_examples=2000)
 @given(TIMES)
 def test_month_of_matches_datetime(ts: float) -> None:
-    expected = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m")
+    expected = datetime.fromtimestamp(ts, UTC).strftime("%Y%m")
     assert month_of(ts) == expected
     assert month_of(ts) == expected
 
 
 def test_month_and_second_boundaries() -> None:
-    end_of_nov = datetime(2026, 11, 30, 23, 59, 59, 999000, tzinfo=timezone.utc).timestamp()
+    end_of_nov = datetime(2026, 11, 30, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
     assert month_of(end_of_nov) == "202611" and month_of(end_of_nov + 0.001) == "202612"
-    assert month_of(datetime(2026, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp() + 1) == "202701"
+    assert month_of(datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1) == "202701"
     assert utc_now_iso(end_of_nov) == "2026-11-30T23:59:59.999Z"
     assert utc_now_iso(end_of_nov + 0.001) == "2026-12-01T00:00:00.000Z"
 
