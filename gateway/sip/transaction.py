@@ -327,8 +327,9 @@ class ServerTransaction(_Transaction):
 class TransactionLayer:
     """All transactions of one gateway process; feed it messages and time, act on what it returns."""
 
-    def __init__(self, *, t1: float = T1, t2: float = T2, t4: float = T4) -> None:
+    def __init__(self, *, t1: float = T1, t2: float = T2, t4: float = T4, timer_d: float = 32.0) -> None:
         self.t1, self.t2, self.t4 = t1, t2, t4
+        self.timer_d = timer_d  # at least 32 s over UDP (§17.1.1.2): not a multiple of T1
         self._client: dict[tuple[Any, ...], ClientTransaction] = {}
         self._server: dict[tuple[Any, ...], ServerTransaction] = {}
         # INVITE server transactions that sent a 2xx, by (Call-ID, CSeq number): the 2xx's ACK has
@@ -582,7 +583,7 @@ class TransactionLayer:
                     self._disarm(txn, Input.TIMER_A, Input.TIMER_B)
                 elif state is State.COMPLETED:
                     self._disarm(txn, Input.TIMER_A, Input.TIMER_B)
-                    self._arm(txn, Input.TIMER_D, 0 if reliable else 32.0, now)
+                    self._arm(txn, Input.TIMER_D, 0 if reliable else self.timer_d, now)
                 elif state is State.ACCEPTED:
                     self._disarm(txn, Input.TIMER_A, Input.TIMER_B)
                     self._arm(txn, Input.TIMER_M, 64 * self.t1, now)

@@ -123,6 +123,79 @@ Content-Length: 0
     await pbx.expect("SIP/2.0 200")
 
 
+def _invite(n: int, pbx: Peer, gw: tuple[str, int], dialed: str) -> str:
+    local = f"127.0.0.1:{pbx.port}"
+    return f"""INVITE sip:{dialed}@{gw[0]}:{gw[1]} SIP/2.0
+Via: SIP/2.0/UDP {local};branch=z9hG4bK-mem-{n};rport
+From: <sip:{ALICE}@{local}>;tag=pbx-{n}
+To: <sip:{dialed}@{gw[0]}:{gw[1]}>
+Call-ID: mem-{n}@127.0.0.1
+CSeq: 1 INVITE
+Contact: <sip:{ALICE}@{local}>
+Max-Forwards: 70
+Content-Length: 0
+
+"""
+
+
+def _ack_failure(n: int, pbx: Peer, gw: tuple[str, int], final: str, dialed: str) -> None:
+    """The ACK of a non-2xx final response: the INVITE's branch, the response's To (§17.1.1.3)."""
+    local = f"127.0.0.1:{pbx.port}"
+    pbx.send(f"""ACK sip:{dialed}@{gw[0]}:{gw[1]} SIP/2.0
+Via: SIP/2.0/UDP {local};branch=z9hG4bK-mem-{n};rport
+From: <sip:{ALICE}@{local}>;tag=pbx-{n}
+To: {_header(final, 'To')}
+Call-ID: mem-{n}@127.0.0.1
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+""", gw)
+
+
+async def _refused_call(n: int, pbx: Peer, carrier: Peer, gw: tuple[str, int]) -> None:
+    pbx.send(_invite(n, pbx, gw, "+44"), gw)  # not a number: refused before any B leg
+    final, _ = await pbx.expect("SIP/2.0 4")
+    _ack_failure(n, pbx, gw, final, "+44")
+
+
+async def _rejected_call(n: int, pbx: Peer, carrier: Peer, gw: tuple[str, int]) -> None:
+    pbx.send(_invite(n, pbx, gw, LONDON), gw)
+    b_invite, b_addr = await carrier.expect("INVITE ")
+    carrier.send(_reply(b_invite, "486 Busy Here", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"), b_addr)
+    await carrier.expect("ACK ")
+    final, _ = await pbx.expect("SIP/2.0 486")
+    _ack_failure(n, pbx, gw, final, LONDON)
+
+
+async def _cancelled_call(n: int, pbx: Peer, carrier: Peer, gw: tuple[str, int]) -> None:
+    local = f"127.0.0.1:{pbx.port}"
+    pbx.send(_invite(n, pbx, gw, LONDON), gw)
+    b_invite, b_addr = await carrier.expect("INVITE ")
+    carrier.send(_reply(b_invite, "180 Ringing", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"), b_addr)
+    await pbx.expect("SIP/2.0 180")
+    pbx.send(f"""CANCEL sip:{LONDON}@{gw[0]}:{gw[1]} SIP/2.0
+Via: SIP/2.0/UDP {local};branch=z9hG4bK-mem-{n};rport
+From: <sip:{ALICE}@{local}>;tag=pbx-{n}
+To: <sip:{LONDON}@{gw[0]}:{gw[1]}>
+Call-ID: mem-{n}@127.0.0.1
+CSeq: 1 CANCEL
+Max-Forwards: 70
+Content-Length: 0
+
+""", gw)
+    b_cancel, b_addr = await carrier.expect("CANCEL ")
+    carrier.send(_reply(b_cancel, "200 OK", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"), b_addr)
+    carrier.send(_reply(b_invite, "487 Request Terminated", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"),
+                 b_addr)
+    await carrier.expect("ACK ")
+    final, _ = await pbx.expect("SIP/2.0 487")
+    _ack_failure(n, pbx, gw, final, LONDON)
+
+
+KINDS = {"answered": _one_call, "refused": _refused_call, "rejected": _rejected_call, "cancelled": _cancelled_call}
+
+
 @pytest.mark.timeout(120)
 def test_an_ended_call_is_freed_without_the_cyclic_collector(tmp_path: Path, redis_url: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,7 +237,7 @@ def test_an_ended_call_is_freed_without_the_cyclic_collector(tmp_path: Path, red
                 # gone within a second of its end instead of 32 s (the timers' lengths are not the
                 # subject here; what is left behind once they ran is).
                 layer = b2bua.stack.layer
-                layer.t1, layer.t4 = 0.005, 0.05
+                layer.t1, layer.t4, layer.timer_d = 0.005, 0.05, 0.05
                 b2bua.linger_s = 0.2
                 await _one_call(0, pbx, carrier, ("127.0.0.1", sip_port))  # warm every cache
                 await asyncio.sleep(0.2)
@@ -179,8 +252,8 @@ def test_an_ended_call_is_freed_without_the_cyclic_collector(tmp_path: Path, red
                         return original(call, *args, **kwargs)
 
                     b2bua._finish = spy
-                    for n in range(1, 11):
-                        await _one_call(n, pbx, carrier, ("127.0.0.1", sip_port))
+                    for n in range(1, 21):  # answered, refused, rejected by the far end, cancelled
+                        await list(KINDS.values())[n % 4](n, pbx, carrier, ("127.0.0.1", sip_port))
                     for _ in range(100):  # settles, CDRs, transaction timers, the linger
                         await asyncio.sleep(0.05)
                         if all(r() is None for r in refs):
@@ -188,6 +261,7 @@ def test_an_ended_call_is_freed_without_the_cyclic_collector(tmp_path: Path, red
                     b2bua._finish = original
                     found["finished"] = len(refs)
                     found["alive"] = sum(1 for r in refs if r() is not None)
+                    found["which"] = [i for i, r in enumerate(refs) if r() is not None]
                     gc.set_debug(gc.DEBUG_SAVEALL)
                     gc.collect()
                     found["garbage"] = [type(o).__qualname__ for o in gc.garbage]
@@ -205,7 +279,7 @@ def test_an_ended_call_is_freed_without_the_cyclic_collector(tmp_path: Path, red
         asyncio.run(main())
     finally:
         gc.unfreeze()  # serve() froze the test process's objects, as it does the gateway's
-    assert found["finished"] == 10
+    assert found["finished"] == 20
     assert found["alive"] == 0, found  # every call freed, with the cyclic collector off
-    assert found["garbage"] == [], found  # and ten calls left no cyclic garbage behind at all
+    assert found["garbage"] == [], found  # and twenty calls left no cyclic garbage behind at all
 
