@@ -78,3 +78,14 @@ def test_a_slow_collection_is_logged(caplog: pytest.LogCaptureFixture, monkeypat
         policy.uninstall()
     assert any("garbage collection of generation 1 stopped the process" in r.message and "ms of CPU" in r.message
                for r in caplog.records)
+
+
+def test_the_gc_keys_of_sip_are_checked_when_the_configuration_is_read() -> None:
+    from gateway.config import Config, SipConfig
+    from gateway.errors import ConfigError
+
+    assert SipConfig().gc_full_interval_s == 3600 and SipConfig().gc_full_max_live_calls == 1000
+    assert Config.from_dict({"sip": {"gc_full_interval_s": 0}}).sip.gc_full_interval_s == 0  # never
+    for bad in ({"gc_full_interval_s": -1}, {"gc_full_max_live_calls": -5}):
+        with pytest.raises(ConfigError):
+            Config.from_dict({"sip": bad})
