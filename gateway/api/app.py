@@ -2,7 +2,8 @@
 
 Errors always leave as ``{"error": {"code": ..., "message": ...}}`` with a 4xx/5xx status (SPEC 9);
 an unexpected exception is logged with its trace and answered 500 with no detail, so nothing of the
-process's insides reaches a client. Request bodies are bounded by ``[http] max_body_bytes``.
+process's insides reaches a client. Request bodies are bounded by ``[http] max_body_bytes``. A
+request aiohttp's HTTP parser refuses (400 before any route) is logged as one WARNING line.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import RedisError
 
 from gateway.api.auth import SVC, ApiError
@@ -107,8 +109,30 @@ def make_app(svc: Any, *, b2bua: Any = None) -> web.Application:
     return app
 
 
+class _MalformedHttpFilter(logging.Filter):
+    """aiohttp logs a request its HTTP parser refuses (answered 400 before any route runs) at ERROR
+    with a traceback: any client could fill the log with them. Such a record becomes one WARNING line
+    naming the client and the fault; other records pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and getattr(exc, "code", 500) < 500:
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            reason = " ".join(str(exc.message).split())[:200]
+            record.msg, record.args = "refused a malformed HTTP request from %s: %s %s", (peer, exc.code, reason)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_MALFORMED = _MalformedHttpFilter()
+
+
 async def start_http(svc: Any, *, b2bua: Any = None, reuse_port: bool = False) -> web.AppRunner:
     """Serve the API on ``[http] listen``; the caller ``await runner.cleanup()`` to stop."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _MALFORMED not in server_log.filters:
+        server_log.addFilter(_MALFORMED)
     host, port = svc.config.http.address
     runner = web.AppRunner(make_app(svc, b2bua=b2bua), access_log=None, handle_signals=False)
     await runner.setup()

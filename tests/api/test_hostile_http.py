@@ -261,11 +261,16 @@ async def test_unknown_routes_and_methods_answer_in_the_error_shape(api: Api) ->
         _assert_error_shape(status, err, expected=expected)
 
 
-async def test_malformed_http_framing_is_refused_400_without_a_trace_and_the_server_goes_on(api: Api) -> None:
+async def test_malformed_http_framing_is_refused_400_without_a_trace_and_the_server_goes_on(
+        api: Api, caplog: pytest.LogCaptureFixture) -> None:
     # Requests aiohttp's HTTP parser refuses before any route runs (the answer is its own short
     # text/plain 400): a bad Content-Length, a header line without a colon, a control character in
-    # a header value. None may crash the server, leak a trace or move money.
+    # a header value. None may crash the server, leak a trace (to the client or, one traceback per
+    # request, into the log) or move money.
     import asyncio
+    import logging
+
+    caplog.set_level(logging.INFO, logger="aiohttp.server")
     from urllib.parse import urlsplit
 
     target = urlsplit(api.base)
@@ -287,3 +292,6 @@ async def test_malformed_http_framing_is_refused_400_without_a_trace_and_the_ser
     assert (await api.svc.ledger.balance("acme")).balance == before
     status, body = await api.call("GET", "/v1/orgs/acme/balance")
     assert status == 200 and "balance" in body
+    server = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(server) == 4 and all(r.levelname == "WARNING" and r.exc_info is None for r in server), server
+    assert all(r.getMessage().startswith("refused a malformed HTTP request from 127.0.0.1: 400 ") for r in server)
