@@ -4,8 +4,8 @@ The gateway keeps tens of thousands of calls live at once. If a call's objects f
 cycles, every ended call would wait for a full collection to be freed, and a full collection over a
 heap of ~50,000 live calls (~4 million tracked objects on this machine) stops the event loop for
 seconds: INVITEs queue past their retransmission timers and chunk renewals run late. The gateway
-instead keeps call state acyclic (or breaks the cycles when a call ends) and keeps the collector's
-old generation frozen (``gateway.gcpolicy``). This test runs the real SIP process in-process
+instead breaks a call's cycles when it forgets the call and runs no automatic full collections
+(``gateway.gcpolicy``). This test runs the real SIP process in-process
 (``gateway.app.serve``) against a real redis-server, places calls over real UDP sockets as a PBX
 and a carrier, and checks that nothing of a call outlives its end.
 """
@@ -80,20 +80,25 @@ def _reply(request: str, status: str, to_tag: str, contact: str) -> str:
     return "\n".join(lines)
 
 
-async def _one_call(n: int, pbx: Peer, carrier: Peer, gw: tuple[str, int]) -> None:
-    call_id = f"mem-{n}@127.0.0.1"
+def _invite(n: int, pbx: Peer, gw: tuple[str, int], dialed: str) -> str:
     local = f"127.0.0.1:{pbx.port}"
-    pbx.send(f"""INVITE sip:{LONDON}@{gw[0]}:{gw[1]} SIP/2.0
+    return f"""INVITE sip:{dialed}@{gw[0]}:{gw[1]} SIP/2.0
 Via: SIP/2.0/UDP {local};branch=z9hG4bK-mem-{n};rport
 From: <sip:{ALICE}@{local}>;tag=pbx-{n}
-To: <sip:{LONDON}@{gw[0]}:{gw[1]}>
-Call-ID: {call_id}
+To: <sip:{dialed}@{gw[0]}:{gw[1]}>
+Call-ID: mem-{n}@127.0.0.1
 CSeq: 1 INVITE
 Contact: <sip:{ALICE}@{local}>
 Max-Forwards: 70
 Content-Length: 0
 
-""", gw)
+"""
+
+
+async def _one_call(n: int, pbx: Peer, carrier: Peer, gw: tuple[str, int]) -> None:
+    call_id = f"mem-{n}@127.0.0.1"
+    local = f"127.0.0.1:{pbx.port}"
+    pbx.send(_invite(n, pbx, gw, LONDON), gw)
     b_invite, b_addr = await carrier.expect("INVITE ")
     carrier.send(_reply(b_invite, "200 OK", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"), b_addr)
     ok, _ = await pbx.expect("SIP/2.0 200")
@@ -121,21 +126,6 @@ Content-Length: 0
     b_bye, b_addr = await carrier.expect("BYE ")
     carrier.send(_reply(b_bye, "200 OK", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"), b_addr)
     await pbx.expect("SIP/2.0 200")
-
-
-def _invite(n: int, pbx: Peer, gw: tuple[str, int], dialed: str) -> str:
-    local = f"127.0.0.1:{pbx.port}"
-    return f"""INVITE sip:{dialed}@{gw[0]}:{gw[1]} SIP/2.0
-Via: SIP/2.0/UDP {local};branch=z9hG4bK-mem-{n};rport
-From: <sip:{ALICE}@{local}>;tag=pbx-{n}
-To: <sip:{dialed}@{gw[0]}:{gw[1]}>
-Call-ID: mem-{n}@127.0.0.1
-CSeq: 1 INVITE
-Contact: <sip:{ALICE}@{local}>
-Max-Forwards: 70
-Content-Length: 0
-
-"""
 
 
 def _ack_failure(n: int, pbx: Peer, gw: tuple[str, int], final: str, dialed: str) -> None:
