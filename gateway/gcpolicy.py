@@ -13,7 +13,12 @@ What the gateway does instead:
   forgotten (``B2BUA._forget``), so ended calls never wait for the collector
   (tests/b2bua/test_call_memory.py runs calls with the collector off and checks nothing is left).
 * The young generations are collected as usual (cheap: they hold only what was allocated lately, and
-  that is where short-lived cycles such as exception tracebacks die).
+  that is where short-lived cycles such as exception tracebacks die), and on a clock as well: CPython
+  counts the young generation as allocations minus deallocations of objects of *any* generation, so
+  while live calls renew (old objects freed, as many new ones kept) the count stays near zero and the
+  young generation grows unseen. Measured with 50,000 held calls: 245,874 objects in generation 1
+  and single young collections of 100-250 ms. Every ``YOUNG_EVERY_S`` the process collects
+  generation 0, and every ``GEN1_EVERY``-th time generation 1, whatever the count says.
 * Automatic full collections are off; the process runs one itself when it is quiet (at most
   ``gc_full_max_live_calls`` live calls) and at least ``gc_full_interval_s`` after the last, and in
   any case once ``FORCE_AFTER`` intervals went by without a quiet moment, so that cyclic garbage that
@@ -33,13 +38,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FORCE_AFTER", "SLOW_PAUSE_S", "GcPolicy", "full_collection_due"]
+__all__ = ["FORCE_AFTER", "GEN1_EVERY", "SLOW_PAUSE_S", "YOUNG_EVERY_S", "GcPolicy", "full_collection_due"]
 
 log = logging.getLogger("creditgate.gc")
 
 # A full collection skipped for want of a quiet moment runs anyway after this many intervals.
 FORCE_AFTER = 24
 SLOW_PAUSE_S = 0.1
+YOUNG_EVERY_S = 0.1
+GEN1_EVERY = 10
 # Generation 2's threshold counts generation-1 collections; this many never happens in practice.
 _NEVER = 2**31 - 1
 
@@ -68,6 +75,7 @@ class GcPolicy:
         self.last_full = clock()
         self._started = 0.0
         self._started_cpu = 0.0
+        self._ticks = 0
         self._saved: tuple[int, int, int] | None = None
 
     def install(self) -> None:
@@ -112,7 +120,18 @@ class GcPolicy:
                  (time.perf_counter() - started) * 1000)
         return True
 
+    def tick(self) -> int:
+        """The clock's young collection: generation 0, or every GEN1_EVERY-th tick generation 1."""
+        self._ticks += 1
+        generation = 1 if self._ticks % GEN1_EVERY == 0 else 0
+        gc.collect(generation)
+        return generation
+
     async def run(self, live_calls: Callable[[], int], check_every_s: float = 10.0) -> None:
+        checked = self.clock()
         while True:
-            await asyncio.sleep(check_every_s)
-            self.collect_if_due(live_calls())
+            await asyncio.sleep(YOUNG_EVERY_S)
+            self.tick()
+            if self.clock() - checked >= check_every_s:
+                checked = self.clock()
+                self.collect_if_due(live_calls())

@@ -89,3 +89,30 @@ def test_the_gc_keys_of_sip_are_checked_when_the_configuration_is_read() -> None
     for bad in ({"gc_full_interval_s": -1}, {"gc_full_max_live_calls": -5}):
         with pytest.raises(ConfigError):
             Config.from_dict({"sip": bad})
+
+
+def test_the_clock_collects_a_young_generation_the_allocation_count_never_notices() -> None:
+    # Renewing calls: each step frees an old object and keeps a new one. CPython's young count is
+    # allocations minus deallocations of any generation, so it stays put while the young generation
+    # grows; the clock's tick collects it anyway (and every GEN1_EVERY-th tick, generation 1 too).
+    from gateway.gcpolicy import GEN1_EVERY
+
+    class State:
+        def __init__(self) -> None:
+            self.peer: object = [self.__class__]
+
+    policy = GcPolicy(interval_s=HOUR, max_live_calls=10)
+    gc.collect()
+    old = [State() for _ in range(20_000)]
+    gc.collect()  # now all old
+    assert len(gc.get_objects(0)) < 1000
+    kept = []
+    for i in range(len(old)):
+        kept.append(State())  # two new tracked objects (the instance and its list)...
+        old[i] = None  # type: ignore[call-overload]  # ...and two old ones freed
+    young = len(gc.get_objects(0))
+    assert young > 20_000, young  # the count never reached the threshold: nothing collected them
+    generations = [policy.tick() for _ in range(GEN1_EVERY)]
+    assert len(gc.get_objects(0)) < 1000 and generations == [0] * (GEN1_EVERY - 1) + [1]
+    assert len(gc.get_objects(1)) < 1000  # the GEN1_EVERY-th tick moved them on to the old generation
+    del kept, old

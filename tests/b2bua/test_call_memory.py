@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from gateway import app
+from gateway import app, gcpolicy
 from gateway.app import serve
 from gateway.config import Config
 from gateway.services import open_services
@@ -207,6 +207,8 @@ def test_an_ended_call_is_freed_without_the_cyclic_collector(tmp_path: Path, red
         return started[-1]
 
     monkeypatch.setattr(app, "start_sip", start_sip)
+    # And no young collections on the process's clock either (gcpolicy.run): they would free cycles.
+    monkeypatch.setattr(gcpolicy, "YOUNG_EVERY_S", 3600.0)
 
     async def main() -> None:
         async with open_services(config, pipeline=True) as svc:
