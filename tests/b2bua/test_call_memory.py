@@ -80,104 +80,71 @@ def _reply(request: str, status: str, to_tag: str, contact: str) -> str:
     return "\n".join(lines)
 
 
-def _invite(n: int, pbx: Peer, gw: tuple[str, int], dialed: str) -> str:
+def _request(method: str, n: int, pbx: Peer, gw: tuple[str, int], dialed: str, *, cseq: int = 1,
+             branch: str = "", to: str | None = None) -> str:
+    """The PBX's request of call ``n``: INVITE, or (same From and Call-ID) ACK, BYE, CANCEL; ``branch``
+    is appended to the INVITE's branch (none: the INVITE's transaction), ``to`` replaces its To."""
     local = f"127.0.0.1:{pbx.port}"
-    return f"""INVITE sip:{dialed}@{gw[0]}:{gw[1]} SIP/2.0
-Via: SIP/2.0/UDP {local};branch=z9hG4bK-mem-{n};rport
+    contact = f"Contact: <sip:{ALICE}@{local}>\n" if method == "INVITE" else ""
+    return f"""{method} sip:{dialed}@{gw[0]}:{gw[1]} SIP/2.0
+Via: SIP/2.0/UDP {local};branch=z9hG4bK-mem-{n}{branch};rport
 From: <sip:{ALICE}@{local}>;tag=pbx-{n}
-To: <sip:{dialed}@{gw[0]}:{gw[1]}>
+To: {to or f"<sip:{dialed}@{gw[0]}:{gw[1]}>"}
 Call-ID: mem-{n}@127.0.0.1
-CSeq: 1 INVITE
-Contact: <sip:{ALICE}@{local}>
-Max-Forwards: 70
+CSeq: {cseq} {method}
+{contact}Max-Forwards: 70
 Content-Length: 0
 
 """
 
 
+def _carrier_says(carrier: Peer, request: str, addr: tuple[str, int], status: str, n: int) -> None:
+    carrier.send(_reply(request, status, f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"), addr)
+
+
 async def _one_call(n: int, pbx: Peer, carrier: Peer, gw: tuple[str, int]) -> None:
-    call_id = f"mem-{n}@127.0.0.1"
-    local = f"127.0.0.1:{pbx.port}"
-    pbx.send(_invite(n, pbx, gw, LONDON), gw)
+    pbx.send(_request("INVITE", n, pbx, gw, LONDON), gw)
     b_invite, b_addr = await carrier.expect("INVITE ")
-    carrier.send(_reply(b_invite, "200 OK", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"), b_addr)
+    _carrier_says(carrier, b_invite, b_addr, "200 OK", n)
     ok, _ = await pbx.expect("SIP/2.0 200")
-    gw_tag = _header(ok, "To").split("tag=")[1]
     await carrier.expect("ACK ")
-    dialog = f"""From: <sip:{ALICE}@{local}>;tag=pbx-{n}
-To: <sip:{LONDON}@{gw[0]}:{gw[1]}>;tag={gw_tag}
-Call-ID: {call_id}"""
-    pbx.send(f"""ACK sip:{LONDON}@{gw[0]}:{gw[1]} SIP/2.0
-Via: SIP/2.0/UDP {local};branch=z9hG4bK-mem-{n}-ack;rport
-{dialog}
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-
-""", gw)
-    pbx.send(f"""BYE sip:{LONDON}@{gw[0]}:{gw[1]} SIP/2.0
-Via: SIP/2.0/UDP {local};branch=z9hG4bK-mem-{n}-bye;rport
-{dialog}
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-""", gw)
+    to = _header(ok, "To")  # with the gateway's tag
+    pbx.send(_request("ACK", n, pbx, gw, LONDON, branch="-ack", to=to), gw)
+    pbx.send(_request("BYE", n, pbx, gw, LONDON, cseq=2, branch="-bye", to=to), gw)
     b_bye, b_addr = await carrier.expect("BYE ")
-    carrier.send(_reply(b_bye, "200 OK", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"), b_addr)
+    _carrier_says(carrier, b_bye, b_addr, "200 OK", n)
     await pbx.expect("SIP/2.0 200")
 
 
 def _ack_failure(n: int, pbx: Peer, gw: tuple[str, int], final: str, dialed: str) -> None:
     """The ACK of a non-2xx final response: the INVITE's branch, the response's To (§17.1.1.3)."""
-    local = f"127.0.0.1:{pbx.port}"
-    pbx.send(f"""ACK sip:{dialed}@{gw[0]}:{gw[1]} SIP/2.0
-Via: SIP/2.0/UDP {local};branch=z9hG4bK-mem-{n};rport
-From: <sip:{ALICE}@{local}>;tag=pbx-{n}
-To: {_header(final, 'To')}
-Call-ID: mem-{n}@127.0.0.1
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-
-""", gw)
+    pbx.send(_request("ACK", n, pbx, gw, dialed, to=_header(final, "To")), gw)
 
 
 async def _refused_call(n: int, pbx: Peer, carrier: Peer, gw: tuple[str, int]) -> None:
-    pbx.send(_invite(n, pbx, gw, "+44"), gw)  # not a number: refused before any B leg
+    pbx.send(_request("INVITE", n, pbx, gw, "+44"), gw)  # not a number: refused before any B leg
     final, _ = await pbx.expect("SIP/2.0 4")
     _ack_failure(n, pbx, gw, final, "+44")
 
 
 async def _rejected_call(n: int, pbx: Peer, carrier: Peer, gw: tuple[str, int]) -> None:
-    pbx.send(_invite(n, pbx, gw, LONDON), gw)
+    pbx.send(_request("INVITE", n, pbx, gw, LONDON), gw)
     b_invite, b_addr = await carrier.expect("INVITE ")
-    carrier.send(_reply(b_invite, "486 Busy Here", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"), b_addr)
+    _carrier_says(carrier, b_invite, b_addr, "486 Busy Here", n)
     await carrier.expect("ACK ")
     final, _ = await pbx.expect("SIP/2.0 486")
     _ack_failure(n, pbx, gw, final, LONDON)
 
 
 async def _cancelled_call(n: int, pbx: Peer, carrier: Peer, gw: tuple[str, int]) -> None:
-    local = f"127.0.0.1:{pbx.port}"
-    pbx.send(_invite(n, pbx, gw, LONDON), gw)
+    pbx.send(_request("INVITE", n, pbx, gw, LONDON), gw)
     b_invite, b_addr = await carrier.expect("INVITE ")
-    carrier.send(_reply(b_invite, "180 Ringing", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"), b_addr)
+    _carrier_says(carrier, b_invite, b_addr, "180 Ringing", n)
     await pbx.expect("SIP/2.0 180")
-    pbx.send(f"""CANCEL sip:{LONDON}@{gw[0]}:{gw[1]} SIP/2.0
-Via: SIP/2.0/UDP {local};branch=z9hG4bK-mem-{n};rport
-From: <sip:{ALICE}@{local}>;tag=pbx-{n}
-To: <sip:{LONDON}@{gw[0]}:{gw[1]}>
-Call-ID: mem-{n}@127.0.0.1
-CSeq: 1 CANCEL
-Max-Forwards: 70
-Content-Length: 0
-
-""", gw)
+    pbx.send(_request("CANCEL", n, pbx, gw, LONDON), gw)
     b_cancel, b_addr = await carrier.expect("CANCEL ")
-    carrier.send(_reply(b_cancel, "200 OK", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"), b_addr)
-    carrier.send(_reply(b_invite, "487 Request Terminated", f"car-{n}", f"<sip:c@127.0.0.1:{carrier.port}>"),
-                 b_addr)
+    _carrier_says(carrier, b_cancel, b_addr, "200 OK", n)
+    _carrier_says(carrier, b_invite, b_addr, "487 Request Terminated", n)
     await carrier.expect("ACK ")
     final, _ = await pbx.expect("SIP/2.0 487")
     _ack_failure(n, pbx, gw, final, LONDON)
