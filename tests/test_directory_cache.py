@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,6 +84,21 @@ async def test_a_change_is_seen_at_once_and_the_last_known_records_serve_an_outa
         await client.aclose()
 
 
+def _count_reads(directory: Directory, **methods: str) -> dict[str, int]:
+    """Count the Redis reads the cache makes through ``directory``'s methods: label=method name."""
+    reads = dict.fromkeys(methods, 0)
+
+    def counted(label: str, real: Any) -> Any:
+        async def read(*args: Any) -> Any:
+            reads[label] += 1
+            return await real(*args)
+        return read
+
+    for label, name in methods.items():
+        setattr(directory, name, counted(label, getattr(directory, name)))
+    return reads
+
+
 async def test_concurrent_readers_of_a_stale_entry_share_one_redis_read(redis_url: str) -> None:
     client = redis_client(redis_url, timeout_s=2.0)
     directory = Directory(client)
@@ -90,23 +106,7 @@ async def test_concurrent_readers_of_a_stale_entry_share_one_redis_read(redis_ur
     try:
         org, _ = await directory.create_org("Acme", country="GB", currency="GBP", org_id="acme")
         await directory.add_user(org, "alice", number="+442079460001", licence=True)
-        reads = {"org": 0, "user": 0, "trunks": 0}
-        real_org, real_user, real_trunks = directory.get_org, directory.user_by_number, directory.list_trunks
-
-        async def get_org(org_id: str):  # type: ignore[no-untyped-def]
-            reads["org"] += 1
-            return await real_org(org_id)
-
-        async def user_by_number(org_id: str, number: str):  # type: ignore[no-untyped-def]
-            reads["user"] += 1
-            return await real_user(org_id, number)
-
-        async def list_trunks():  # type: ignore[no-untyped-def]
-            reads["trunks"] += 1
-            return await real_trunks()
-
-        directory.get_org, directory.user_by_number = get_org, user_by_number  # type: ignore[method-assign]
-        directory.list_trunks = list_trunks  # type: ignore[method-assign]
+        reads = _count_reads(directory, org="get_org", user="user_by_number", trunks="list_trunks")
 
         async def burst() -> None:
             orgs = await asyncio.gather(*(cache.get_org("acme") for _ in range(200)))
@@ -148,14 +148,7 @@ async def test_a_strangers_flood_reads_the_trunks_once_and_a_new_trunk_is_found_
     try:
         org, _ = await directory.create_org("Acme", country="GB", currency="GBP", org_id="acme")
         await directory.add_trunk(org, "127.0.0.1:5070")
-        reads = {"trunks": 0}
-        real_trunks = directory.list_trunks
-
-        async def list_trunks():  # type: ignore[no-untyped-def]
-            reads["trunks"] += 1
-            return await real_trunks()
-
-        directory.list_trunks = list_trunks  # type: ignore[method-assign]
+        reads = _count_reads(directory, trunks="list_trunks")
         assert (await identify_source(cache, "127.0.0.1", 5070)) is not None
         assert reads["trunks"] == 1
         for _ in range(500):  # a flood from one unknown source
