@@ -13,6 +13,7 @@ policy); nothing else leaks out.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import struct
@@ -63,21 +64,18 @@ class LedgerUnavailable(LedgerError):
     status_hint = 503
 
 
-# The date-time part of the last seconds formatted: a call's start, answer and end (and every log
-# line) fall in a handful of distinct seconds, and strftime costs tens of µs on a slow machine.
-_iso_seconds: dict[int, str] = {}
+@functools.lru_cache(maxsize=1024)
+def _second_text(sec: int) -> str:
+    """The date-time part of a second: a call's start, answer and end (and every log line) fall in a
+    handful of distinct seconds, and strftime costs tens of µs on a slow machine."""
+    return datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def utc_now_iso(ts: float | None = None) -> str:
     """ISO 8601 UTC with milliseconds; the date-time part of a second is formatted once."""
     t = time.time() if ts is None else ts
     sec = int(t // 1)
-    text = _iso_seconds.get(sec)
-    if text is None:
-        if len(_iso_seconds) >= 1024:
-            _iso_seconds.clear()
-        text = _iso_seconds[sec] = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{int((t - sec) * 1000):03d}Z"
+    return f"{_second_text(sec)}.{int((t - sec) * 1000):03d}Z"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,6 +9,7 @@ organization's keys.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime, timezone
 
@@ -166,19 +167,16 @@ def call_key(org: str, call_id: str) -> str:
     return "cg:{" + org + "}:call:" + call_id
 
 
-_months: dict[int, str] = {}  # UTC day number -> "YYYYMM": strftime once per day, not per call
+@functools.lru_cache(maxsize=1024)
+def _month_of_day(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, timezone.utc).strftime("%Y%m")
 
 
 def month_of(ts: float) -> str:
-    """The UTC calendar month of ``ts`` as ``YYYYMM`` (the allotments' month key)."""
+    """The UTC calendar month of ``ts`` as ``YYYYMM`` (the allotments' month key), formatted once per
+    UTC day rather than per call."""
     day, into = divmod(ts, 86400)
     if into < 0.001 or into > 86399.999:  # at midnight: round to the microsecond exactly as datetime does
         return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m")
-    day = int(day)
-    month = _months.get(day)
-    if month is None:
-        if len(_months) >= 1024:
-            _months.clear()
-        month = _months[day] = datetime.fromtimestamp(day * 86400, timezone.utc).strftime("%Y%m")
-    return month
+    return _month_of_day(int(day))
 
