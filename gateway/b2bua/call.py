@@ -93,6 +93,12 @@ class Call:
     relays: dict[int, ServerTransaction] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def stop_ringing(self) -> None:
+        """Cancel the no-answer timeout (answered or ended): it would hold the call until it fired."""
+        if self.ring_timer is not None:
+            self.ring_timer.cancel()
+            self.ring_timer = None
+
     def other(self, leg: Leg) -> Leg | None:
         return self.b if leg is self.a else self.a
 

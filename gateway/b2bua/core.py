@@ -677,9 +677,7 @@ class B2BUA:
         assert b is not None and call.auth is not None and a.invite is not None
         call.state = CallState.CONFIRMED
         call.answered_wall = time.time()
-        if call.ring_timer is not None:
-            call.ring_timer.cancel()
-            call.ring_timer = None
+        call.stop_ringing()
         self._count(f"answered_{call.auth.paid_by}_{call.auth.destination.number_class.value}")
         if not call.defer_b_ack or not response.body:
             call.defer_b_ack = False
@@ -850,9 +848,7 @@ class B2BUA:
         call.end_reason = end_reason
         self._count(f"ended_{end_reason}")
         self.calls.pop(call.id, None)
-        if call.ring_timer is not None:
-            call.ring_timer.cancel()
-            call.ring_timer = None
+        call.stop_ringing()
         # Keep the legs findable a little while: a late BYE or ACK retransmission gets its answer.
         self.stack.loop.call_later(self.linger_s, self._forget, call)
         if call.auth is None:
