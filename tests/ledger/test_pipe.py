@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway.ledger._pipe import MAX_BATCH
-from gateway.ledger.client import _SCRIPTS, SCRIPT_NAMES, Ledger, LedgerError, RateTerms
+from gateway.ledger.client import _SCRIPTS, SCRIPT_NAMES, Ledger, LedgerError, LedgerUnavailable, RateTerms
 from gateway.ledger.keys import OrgKeys
 from gateway.ledger.reconcile import reconcile
 from gateway.services import redis_client
@@ -120,3 +121,70 @@ async def test_a_batch_the_server_refuses_fails_every_caller_in_it(piped) -> Non
         await client.script_flush()
     assert (await _reserve(ledger, "acme", "c1")).ok
     assert (await ledger.balance("acme")).live == 1
+
+
+def _uvloop_run(coro_fn):
+    """Run on uvloop, as ``creditgate run`` does: libuv runs due timers before it polls sockets."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro_fn())
+
+
+def test_a_stalled_loop_is_not_taken_for_a_silent_redis(redis_url: str) -> None:
+    # The loop is blocked longer than the reply timeout while Redis answers into the socket. When it
+    # runs again, the overdue deadline fires before the socket is read: the reply is there, so the
+    # call succeeds and no outage is declared.
+    async def scenario():
+        client = redis_client(redis_url, timeout_s=0.3)
+        ledger = Ledger(client, pipeline=True)
+        try:
+            await ledger.fund("acme", UNIT)
+            pending = asyncio.ensure_future(_reserve(ledger, "acme", "c1"))
+            for _ in range(3):  # the caller queues it, the flush writes it
+                await asyncio.sleep(0)
+            time.sleep(0.8)  # noqa: ASYNC251 - the stall under test (a long GC pause, a CPU hog)
+            grant = await pending
+            balance = await ledger.balance("acme")
+            return grant, balance
+        finally:
+            await ledger.close()
+            await client.aclose()
+
+    grant, balance = _uvloop_run(scenario)
+    assert grant.ok and grant.held == 110_000
+    assert (balance.reserved, balance.live) == (110_000, 1)
+
+
+def test_a_silent_redis_is_still_found_out_while_the_loop_is_late(redis_url: str) -> None:
+    # Redis stopped (SIGSTOP): the pipe gives up within a bounded time even if every check runs late.
+    import os
+    import signal
+
+    async def scenario():
+        client = redis_client(redis_url, timeout_s=0.3)
+        ledger = Ledger(client, pipeline=True)
+        info = await client.info("server")
+        pid = int(info["process_id"])
+        try:
+            await ledger.fund("acme", UNIT)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                pending = asyncio.ensure_future(_reserve(ledger, "acme", "c1"))
+                while not pending.done() and loop.time() - t0 < 10:
+                    time.sleep(0.2)  # noqa: ASYNC251 - a loop that is always 200 ms late
+                    await asyncio.sleep(0)
+                elapsed = loop.time() - t0
+                exc = pending.exception() if pending.done() else None
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            return elapsed, exc
+        finally:
+            await ledger.close()
+            await client.aclose()
+
+    elapsed, exc = _uvloop_run(scenario)
+    assert isinstance(exc, LedgerUnavailable), exc
+    assert elapsed < 3.0
