@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.sipp.cpu import children_times
 from tests.e2e.sipp import Sipp, SippScenario, stop_all
 
 __all__ = ["DirectResult", "sipp_direct_cps", "MAX_RUN_S"]
@@ -39,12 +40,14 @@ class DirectResult:
     cps: float
     sipp_call_rate: float  # SIPp's own cumulative CallRate: calls created per second
     failures: dict[str, int] = field(default_factory=dict)
+    cpu_ms_per_call: float = 0.0  # user + kernel CPU of both SIPp processes per completed call
 
     def __str__(self) -> str:
         return (
             f"SIPp->SIPp direct ({self.transport}): {self.cps:,.0f} calls/s "
             f"({self.successful:,}/{self.calls:,} calls ok, {self.failed} failed, {self.elapsed_s:.2f} s; "
-            f"target rate {self.rate:g}/s, at most {self.concurrent} concurrent)"
+            f"target rate {self.rate:g}/s, at most {self.concurrent} concurrent; "
+            f"SIPp pair CPU {self.cpu_ms_per_call:.2f} ms per call)"
         )
 
 
@@ -78,6 +81,7 @@ def sipp_direct_cps(
             workdir=base / "uac",
             **common,
         )
+        children = children_times()
         try:
             uas.start()
             deadline = time.monotonic() + max_run_s + 5
@@ -86,6 +90,7 @@ def sipp_direct_cps(
             uas.wait(max(0.1, deadline - time.monotonic()))
         finally:
             stop_all((uac, uas))
+        sipp_cpu = children_times() - children
         stats = uac.stats()
     elapsed = stats.elapsed_s or 1e-9
     return DirectResult(
@@ -99,6 +104,7 @@ def sipp_direct_cps(
         cps=stats.successful / elapsed,
         sipp_call_rate=stats.call_rate,
         failures=dict(stats.failures),
+        cpu_ms_per_call=sipp_cpu.total_s * 1000 / stats.successful if stats.successful else 0.0,
     )
 
 
