@@ -13,7 +13,7 @@ import os
 import resource
 from dataclasses import dataclass
 
-__all__ = ["ProcessTimes", "CpuSplit", "process_times", "children_times", "StepCpu"]
+__all__ = ["CpuSplit", "ProcessTimes", "StepCpu", "children_times", "process_times"]
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
@@ -70,12 +70,9 @@ class CpuSplit:
         return cores
 
     def __str__(self) -> str:
-        def ms(t: ProcessTimes) -> float:
-            return self.per_call_ms(t)
-
-        g_user = self.gateway.user_s * 1000 / self.calls if self.calls else 0.0
-        g_kernel = self.gateway.kernel_s * 1000 / self.calls if self.calls else 0.0
-        return (f"CPU per call: gateway {ms(self.gateway):.2f} ms ({g_user:.2f} user + {g_kernel:.2f} kernel), "
+        ms = self.per_call_ms
+        user, kernel = ProcessTimes(self.gateway.user_s, 0.0), ProcessTimes(0.0, self.gateway.kernel_s)
+        return (f"CPU per call: gateway {ms(self.gateway):.2f} ms ({ms(user):.2f} user + {ms(kernel):.2f} kernel), "
                 f"redis-server {ms(self.redis):.2f} ms, SIPp pair {ms(self.sipp):.2f} ms")
 
 

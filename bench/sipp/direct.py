@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.sipp.cpu import children_times
 from tests.e2e.sipp import Sipp, SippScenario, stop_all
 
-__all__ = ["DirectResult", "sipp_direct_cps", "MAX_RUN_S"]
+__all__ = ["MAX_RUN_S", "DirectResult", "sipp_direct_cps"]
 
 # Every run ends within this bound: SIPp's own -timeout on both sides, and our wait.
 MAX_RUN_S = 20.0

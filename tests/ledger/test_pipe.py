@@ -11,7 +11,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.ledger._pipe import MAX_BATCH
-from gateway.ledger.client import _SCRIPTS, SCRIPT_NAMES, Ledger, LedgerError, LedgerUnavailable, RateTerms
+from gateway.ledger.client import (
+    _SCRIPTS,
+    SCRIPT_NAMES,
+    Ledger,
+    LedgerError,
+    LedgerUnavailable,
+    RateTerms,
+)
 from gateway.ledger.keys import OrgKeys
 from gateway.ledger.reconcile import reconcile
 from gateway.services import redis_client
@@ -22,7 +29,7 @@ UNIT = 1_000_000
 
 
 def _defined(script: str) -> set[str]:
-    return set(re.findall(r"^local function (\w+)", script, re.M))
+    return set(re.findall(r"^local function (\w+)", script, re.MULTILINE))
 
 
 def test_each_script_carries_only_the_helpers_it_uses() -> None:
