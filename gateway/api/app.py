@@ -3,16 +3,19 @@
 Errors always leave as ``{"error": {"code": ..., "message": ...}}`` with a 4xx/5xx status (SPEC 9);
 an unexpected exception is logged with its trace and answered 500 with no detail, so nothing of the
 process's insides reaches a client. Request bodies are bounded by ``[http] max_body_bytes``. A
-request aiohttp's HTTP parser refuses (400 before any route) is logged as one WARNING line.
+request aiohttp's HTTP parser refuses (400 before any route) is answered in the same shape and logged
+as one WARNING line.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 from redis.exceptions import RedisError
 
 from gateway.api.auth import SVC, ApiError
@@ -127,6 +130,42 @@ class _MalformedHttpFilter(logging.Filter):
 
 _MALFORMED = _MalformedHttpFilter()
 
+_PRINTABLE = re.compile(r"[^ -~]")
+
+
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's connection handler, answering what happens before any route runs (its HTTP parser
+    refusing a request, a failure outside the middleware) in the API's error shape instead of its
+    own text/plain body, so every error a client sees is ``{"error": {...}}`` (SPEC 9)."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        # aiohttp's own: logs (see _MalformedHttpFilter) and raises if a response has begun already.
+        super().handle_error(request, status, exc, message)
+        if 400 <= status < 500:
+            # The parser's first line names the fault; the lines after it echo the client's bytes.
+            reason = str(exc.message).strip().split("\n", 1)[0] if isinstance(exc, HttpProcessingError) else ""
+            reason = " ".join(_PRINTABLE.sub("?", reason).split()).rstrip(" :")[:120]
+            code, text = "bad_request", f"malformed HTTP request{': ' + reason if reason else ''}"
+        elif status == 504:
+            code, text = "timeout", "the request took too long"
+        else:
+            code, text = "internal", "internal error"
+        response = _error(status, code, text)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    """The low-level server that gives each connection a ``_JsonErrorHandler``."""
+
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _JsonErrorHandler  # same slots: only handle_error differs
+        return handler
+
 
 async def start_http(svc: Any, *, b2bua: Any = None, reuse_port: bool = False) -> web.AppRunner:
     """Serve the API on ``[http] listen``; the caller ``await runner.cleanup()`` to stop."""
@@ -136,6 +175,8 @@ async def start_http(svc: Any, *, b2bua: Any = None, reuse_port: bool = False) -
     host, port = svc.config.http.address
     runner = web.AppRunner(make_app(svc, b2bua=b2bua), access_log=None, handle_signals=False)
     await runner.setup()
+    if type(runner.server) is web.Server:
+        runner.server.__class__ = _JsonErrorServer  # the same server, answering parser errors as JSON
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=512)
     await site.start()
     log.info("HTTP API listening on %s:%d", host, port)

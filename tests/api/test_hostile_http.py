@@ -10,6 +10,7 @@ wrong type and hostile money strings get a 4xx in the ``{"error": {"code", "mess
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -263,8 +264,7 @@ async def test_unknown_routes_and_methods_answer_in_the_error_shape(api: Api) ->
 
 async def test_malformed_http_framing_is_refused_400_without_a_trace_and_the_server_goes_on(
         api: Api, caplog: pytest.LogCaptureFixture) -> None:
-    # Requests aiohttp's HTTP parser refuses before any route runs (the answer is its own short
-    # text/plain 400): a bad Content-Length, a header line without a colon, a control character in
+    # Requests aiohttp's HTTP parser refuses before any route runs: a bad Content-Length, a header line without a colon, a control character in
     # a header value. None may crash the server, leak a trace (to the client or, one traceback per
     # request, into the log) or move money.
     import asyncio
@@ -276,6 +276,7 @@ async def test_malformed_http_framing_is_refused_400_without_a_trace_and_the_ser
     target = urlsplit(api.base)
     token = api.tokens["org_admin"]
     before = (await api.svc.ledger.balance("acme")).balance
+    messages: list[str] = []
     for head in (b"Content-Length: XPwjbnt{\r\n", b"Content-Length: 5\r\nContent-Length: 7\r\n",
                  b"NoColonHere\r\n", b"X-Evil: a\x01b\r\n"):
         reader, writer = await asyncio.open_connection(target.hostname, target.port)
@@ -286,10 +287,18 @@ async def test_malformed_http_framing_is_refused_400_without_a_trace_and_the_ser
             answer = await asyncio.wait_for(reader.read(65536), 5)
         finally:
             writer.close()
-        status_line = answer.split(b"\r\n", 1)[0]
+        head_part, _, body = answer.partition(b"\r\n\r\n")
+        status_line = head_part.split(b"\r\n", 1)[0]
         assert re.match(rb"HTTP/1\.[01] 400 ", status_line), (head, answer[:200])
         assert b"Traceback" not in answer and b'File "' not in answer, answer
+        # in the API's error shape, like every other error (SPEC 9)
+        assert re.search(rb"(?im)^content-type: application/json", head_part), head_part
+        error = json.loads(body)["error"]
+        assert error["code"] == "bad_request" and error["message"].startswith("malformed HTTP request"), error
+        assert error["message"].isprintable() and len(error["message"]) <= 150, error
+        messages.append(error["message"])
     assert (await api.svc.ledger.balance("acme")).balance == before
+    assert not any("XPwjbnt" in m or "X-Evil" in m for m in messages), messages  # the fault, not the bytes
     status, body = await api.call("GET", "/v1/orgs/acme/balance")
     assert status == 200 and "balance" in body
     server = [r for r in caplog.records if r.name == "aiohttp.server"]
