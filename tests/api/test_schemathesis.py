@@ -85,7 +85,7 @@ def test_every_operation_conforms_to_the_document(case: Any) -> None:
 def _undeclared_headers_dropped(case: Any) -> None:
     """The document declares no header parameters (the token travels through the security
     scheme), yet schemathesis may add random ones, such as ``Content-Length: XPwjbnt{``: aiohttp
-    refuses such a request at the HTTP layer (400, text/plain) before the API sees it. That is
+    refuses such a request at the HTTP layer (400, before any route) before the API sees it. That is
     outside the document, so those headers are dropped here; malformed HTTP itself is the subject
     of tests/api/test_hostile_http.py."""
     case.headers = {}
