@@ -150,6 +150,7 @@ def test_a_stalled_loop_is_not_taken_for_a_silent_redis(redis_url: str) -> None:
             pending = asyncio.ensure_future(_reserve(ledger, "acme", "c1"))
             for _ in range(3):  # the caller queues it, the flush writes it
                 await asyncio.sleep(0)
+            assert len(ledger._pipe._pending) == 1  # written, its reply awaited: the stall comes now
             time.sleep(0.8)  # noqa: ASYNC251 - the stall under test (a long GC pause, a CPU hog)
             grant = await pending
             balance = await ledger.balance("acme")
