@@ -264,9 +264,10 @@ async def test_unknown_routes_and_methods_answer_in_the_error_shape(api: Api) ->
 
 async def test_malformed_http_framing_is_refused_400_without_a_trace_and_the_server_goes_on(
         api: Api, caplog: pytest.LogCaptureFixture) -> None:
-    # Requests aiohttp's HTTP parser refuses before any route runs: a bad Content-Length, a header line without a colon, a control character in
-    # a header value. None may crash the server, leak a trace (to the client or, one traceback per
-    # request, into the log) or move money.
+    # Requests aiohttp's HTTP parser refuses before any route runs: a bad Content-Length, a header
+    # line without a colon, a control character in a header value. Each is answered 400 in the error
+    # shape; none may crash the server, leak a trace (to the client or, one traceback per request,
+    # into the log) or move money.
     import asyncio
     import logging
 

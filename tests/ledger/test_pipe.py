@@ -131,7 +131,7 @@ async def test_a_batch_the_server_refuses_fails_every_caller_in_it(piped) -> Non
 
 
 def _uvloop_run(coro_fn):
-    """Run on uvloop, as ``creditgate run`` does: libuv runs due timers before it polls sockets."""
+    """Run on uvloop, as ``creditgate run`` does (its order of timers and socket reads is the one that counts)."""
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -140,8 +140,9 @@ def _uvloop_run(coro_fn):
 
 def test_a_stalled_loop_is_not_taken_for_a_silent_redis(redis_url: str) -> None:
     # The loop is blocked longer than the reply timeout while Redis answers into the socket. When it
-    # runs again, the overdue deadline fires before the socket is read: the reply is there, so the
-    # call succeeds and no outage is declared.
+    # runs again, the reply deadline is overdue, but the reply is in the socket: it must be taken (the
+    # call succeeds) and no outage declared. Were the overdue deadline handled before the socket is
+    # read (a loop that runs due timers first), every call in flight would fail as if Redis were down.
     async def scenario():
         client = redis_client(redis_url, timeout_s=0.3)
         ledger = Ledger(client, pipeline=True)
