@@ -19,6 +19,7 @@ import signal
 import time
 from typing import Any
 
+from gateway.aio import stop_task
 from gateway.api import start_http
 from gateway.b2bua.core import B2BUA
 from gateway.b2bua.stack import SipStack
@@ -110,16 +111,14 @@ async def serve(svc: Services, stop: asyncio.Event, *, reuse_port: bool = False)
         log.info("stopping: no new calls; draining %d live calls", b2bua.live_calls)
         await b2bua.drain(svc.config.sip.drain_timeout_s)
     finally:
-        for task in funding:
-            task.cancel()
-        await asyncio.gather(*funding, return_exceptions=True)
+        # Every step is bounded (gateway.aio.stop_task): SIGTERM must end the process even when a
+        # component does not stop, and the log names the one that did not.
+        await asyncio.gather(*(stop_task(task, task.get_name()) for task in funding))
         await http.cleanup()
         b2bua.stack.close()
         if isinstance(b2bua.directory, DirectoryCache):
             await b2bua.directory.stop()
-        housekeeping.cancel()
-        collector.cancel()
-        await asyncio.gather(housekeeping, collector, return_exceptions=True)
+        await asyncio.gather(stop_task(housekeeping, "housekeeping"), stop_task(collector, "collector"))
         gc_policy.uninstall()
         await svc.rates.stop()
         if svc.engine.pending_settlements:

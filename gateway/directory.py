@@ -26,6 +26,7 @@ from dialplans import DialPlan, DialplanError, get_plan, monthly_minutes
 from rating_core.money import check_currency, format_money
 from rating_core.errors import MoneyError
 
+from gateway.aio import reraise_cancel, stop_task
 from gateway.errors import InvalidInput, NotFound
 from gateway.ledger.client import LedgerUnavailable
 from gateway.ledger.keys import DIRECTORY_CHANNEL, GLOBAL, OrgKeys, valid_org_id
@@ -676,10 +677,8 @@ class DirectoryCache:
         self._task = asyncio.ensure_future(self._watch())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task, "directory watch")
+        self._task = None
 
     async def _watch(self) -> None:
         while True:
@@ -689,13 +688,16 @@ class DirectoryCache:
                 self.invalidate()  # whatever changed while we were not listening
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
+                    reraise_cancel()  # redis-py may have swallowed it (gateway.aio)
                     if msg is not None:
                         self.invalidate()
             except asyncio.CancelledError:
                 await pubsub.aclose()
                 raise
             except (RedisError, OSError) as exc:
+                reraise_cancel()  # a cancellation redis-py turned into a TimeoutError
                 log.warning("directory watch interrupted (%s); retrying", exc)
                 self.invalidate()
                 await pubsub.aclose()
                 await asyncio.sleep(1.0)
+                reraise_cancel()

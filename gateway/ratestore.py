@@ -18,6 +18,7 @@ from redis.exceptions import RedisError, WatchError
 
 from rating_core import RateDeck
 
+from gateway.aio import reraise_cancel, stop_task
 from gateway.ledger.client import LedgerUnavailable
 from gateway.ledger.keys import DECK_CHANNEL, GLOBAL
 
@@ -107,13 +108,8 @@ class RateStore:
         self._watch_task = asyncio.ensure_future(self._watch(on_change, poll_s))
 
     async def stop(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            try:
-                await self._watch_task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
-            self._watch_task = None
+        await stop_task(self._watch_task, "rate deck watch")
+        self._watch_task = None
 
     async def _watch(self, on_change: Callable[[RateDeck | None], None] | None, poll_s: float) -> None:
         while True:
@@ -123,6 +119,7 @@ class RateStore:
                 while True:
                     # A message or the poll interval: either way, check the stored version.
                     await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_s)
+                    reraise_cancel()  # redis-py may have swallowed it (gateway.aio)
                     before = self.version
                     await self.load()
                     if self.version != before and on_change is not None:
@@ -131,9 +128,11 @@ class RateStore:
                 await pubsub.aclose()
                 raise
             except (RedisError, OSError, LedgerUnavailable) as exc:
+                reraise_cancel()  # a cancellation redis-py turned into a TimeoutError
                 log.warning("rate deck watch interrupted (%s); retrying", exc)
                 await pubsub.aclose()
                 await asyncio.sleep(min(poll_s, 5.0))
+                reraise_cancel()
 
 
 def _text(raw: bytes | str) -> str:

@@ -129,6 +129,7 @@ class _MalformedHttpFilter(logging.Filter):
 
 
 _MALFORMED = _MalformedHttpFilter()
+HTTP_SHUTDOWN_S = 5.0
 
 _PRINTABLE = re.compile(r"[^ -~]")
 
@@ -173,7 +174,10 @@ async def start_http(svc: Any, *, b2bua: Any = None, reuse_port: bool = False) -
     if _MALFORMED not in server_log.filters:
         server_log.addFilter(_MALFORMED)
     host, port = svc.config.http.address
-    runner = web.AppRunner(make_app(svc, b2bua=b2bua), access_log=None, handle_signals=False)
+    # shutdown_timeout: how long a stopping process lets requests in flight finish (aiohttp's default, 60 s,
+    # would hold SIGTERM for a minute behind one slow client).
+    runner = web.AppRunner(make_app(svc, b2bua=b2bua), access_log=None, handle_signals=False,
+                           shutdown_timeout=HTTP_SHUTDOWN_S)
     await runner.setup()
     if type(runner.server) is web.Server:
         runner.server.__class__ = _JsonErrorServer  # the same server, answering parser errors as JSON

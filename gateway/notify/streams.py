@@ -36,6 +36,7 @@ from typing import Any, Awaitable, Callable
 
 from redis.exceptions import RedisError, ResponseError
 
+from gateway.aio import reraise_cancel
 from gateway.ledger.keys import GLOBAL
 
 log = logging.getLogger("creditgate.notify.streams")
@@ -49,18 +50,6 @@ Handler = Callable[[str, str, dict[str, str]], Awaitable[bool]]
 def consumer_name() -> str:
     """A name no other live process uses: host, pid and a random suffix (pids are reused)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-def _reraise_cancel() -> None:
-    """Re-raise a cancellation that a library turned into another error.
-
-    A task cancelled while redis-py waits inside ``asyncio.timeout`` can see the cancellation
-    come out as ``TimeoutError``, or not at all (CPython 3.11); a polling loop would then never
-    stop. The task still counts the request (``cancelling()``), so honour it here.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _s(v: Any) -> str:
@@ -123,10 +112,10 @@ class OrgStreamConsumer:
                 try:
                     await self.poll()
                 except (RedisError, OSError, asyncio.TimeoutError) as exc:
-                    _reraise_cancel()
+                    reraise_cancel()
                     log.warning("%s: Redis unavailable (%s); retrying", self.group, exc)
                 await asyncio.sleep(self.poll_interval_s)
-                _reraise_cancel()
+                reraise_cancel()
         finally:
             tasks = list(self._in_flight.values())
             for t in tasks:
@@ -276,7 +265,7 @@ class OrgStreamConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                _reraise_cancel()
+                reraise_cancel()
                 log.exception("%s: handling entry %s of %s failed; will retry", self.group, eid, org)
                 done = False
             if done:
