@@ -1,9 +1,10 @@
 """Background tasks stop on shutdown even when redis-py loses their cancellation (gateway.aio).
 
-A task cancelled while redis-py waits for a pub/sub message can see the cancellation swallowed (the
-call returns as if its timeout had passed) or turned into a TimeoutError. The directory and rate-deck
-watchers then used to carry on, and the process waited for them for ever on SIGTERM. Here redis-py's
-``PubSub.get_message`` is wrapped to do exactly that, against a real Redis.
+A task cancelled while redis-py waits for a pub/sub message or a reply can see the cancellation
+swallowed (the call returns as if its timeout had passed) or turned into a TimeoutError. The
+directory and rate-deck watchers and the housekeeping loop then used to carry on, and the process
+waited for them for ever on SIGTERM. Here redis-py's ``PubSub.get_message`` (and the sweep's ledger
+read) is wrapped to do exactly that, against a real Redis.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import pytest
 from redis.asyncio.client import PubSub
 
 from gateway.aio import stop_task
+from gateway.config import CreditConfig
+from gateway.credit import CreditEngine
 from gateway.directory import Directory, DirectoryCache
+from gateway.ledger.client import Ledger, LedgerUnavailable
 from gateway.ratestore import RateStore
 from gateway.services import redis_client
 
@@ -104,3 +108,37 @@ async def test_stop_task_gives_up_on_a_task_that_will_not_stop(caplog: pytest.Lo
     # a task that ends when asked is waited for, and True says so
     assert await stop_task(asyncio.ensure_future(asyncio.sleep(30)), "a sleeper") is True
     assert await stop_task(None, "nothing") is True
+
+
+async def test_housekeeping_stops_when_its_ledger_read_turns_the_cancellation_into_an_outage(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sweep's Redis read is cancelled; redis-py reports it as a timeout, which the ledger maps to
+    # LedgerUnavailable, which housekeeping logs and waits out: it used to sweep on for ever.
+    client = redis_client(redis_url)
+    directory = Directory(client)
+    engine = CreditEngine(ledger=Ledger(client), directory=directory, rates=RateStore(client),
+                          config=CreditConfig(debit_interval_s=60))
+    await directory.create_org("Acme", country="GB", currency="GBP")
+    reads: list[int] = []
+
+    async def slow_expire_due(org: str) -> list[Any]:
+        reads.append(1)
+        try:
+            await asyncio.sleep(30)  # Redis slow to answer
+        except asyncio.CancelledError:
+            if len(reads) > 1:
+                raise  # one cancellation lost is the case under test; a later one gets through
+            raise LedgerUnavailable("ledger unreachable: Timeout reading from socket") from None
+        return []
+
+    monkeypatch.setattr(engine.ledger, "expire_due", slow_expire_due)
+    try:
+        task = asyncio.ensure_future(engine.run_housekeeping(0.05))
+        await asyncio.sleep(0.2)
+        assert reads  # inside the sweep's read
+        started = time.monotonic()
+        assert await stop_task(task, "housekeeping", timeout_s=3.0)
+        assert time.monotonic() - started < 1.0 and task.cancelled()
+        assert len(reads) == 1  # it did not sweep again after being asked to stop
+    finally:
+        await client.aclose()

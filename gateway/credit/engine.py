@@ -20,6 +20,7 @@ from dialplans import Destination, DialplanError, IncompleteNumber, normalize
 
 from rating_core import UNLIMITED_SECONDS, Rate, charge, max_seconds
 
+from gateway.aio import reraise_cancel
 from gateway.config import CreditConfig
 from gateway.credit.errors import CreditRefused, Refusal, refusal
 from gateway.credit.policy import Decision, Direction, decide
@@ -431,7 +432,10 @@ class CreditEngine:
                     await self.retry_pending()
                 await self.sweep()
             except LedgerUnavailable as exc:
+                reraise_cancel()  # a cancellation redis-py turned into a timeout (gateway.aio)
                 log.warning("housekeeping skipped: %s", exc)
             except Exception:  # noqa: BLE001 - the sweeper must outlive any one bad record
+                reraise_cancel()
                 log.exception("housekeeping failed")
+            reraise_cancel()
             await asyncio.sleep(interval_s)
