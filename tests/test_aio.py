@@ -30,24 +30,28 @@ _real_get_message = PubSub.get_message
 _lost: list[int] = []  # cancellations lost so far: one per test (a later one gets through)
 
 
-async def _swallowing(self: PubSub, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return await _real_get_message(self, *args, **kwargs)
-    except asyncio.CancelledError:
-        if _lost:
-            raise
-        _lost.append(1)
-        return None  # as if the wait had timed out
+def _losing_once(lost: Callable[[], Any]) -> Callable[..., Awaitable[Any]]:
+    """``PubSub.get_message`` that loses the first cancellation of a test: ``lost()`` is what the
+    cancelled call does instead (returns as if its wait timed out, or raises a TimeoutError)."""
+
+    async def get_message(self: PubSub, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await _real_get_message(self, *args, **kwargs)
+        except asyncio.CancelledError:
+            if _lost:
+                raise
+            _lost.append(1)
+            return lost()
+
+    return get_message
 
 
-async def _as_timeout(self: PubSub, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return await _real_get_message(self, *args, **kwargs)
-    except asyncio.CancelledError:
-        if _lost:
-            raise
-        _lost.append(1)
-        raise TimeoutError("Timeout reading from socket") from None
+def _timeout() -> None:
+    raise TimeoutError("Timeout reading from socket")
+
+
+_swallowing = _losing_once(lambda: None)
+_as_timeout = _losing_once(_timeout)
 
 
 async def _directory_watch(client: Any) -> tuple[Callable[[], Awaitable[None]], Callable[[], Any]]:
