@@ -58,11 +58,18 @@ class CpuSplit:
     def per_call_ms(self, part: ProcessTimes) -> float:
         return part.total_s * 1000 / self.calls if self.calls else 0.0
 
+    @property
+    def gateway_user(self) -> ProcessTimes:
+        return ProcessTimes(self.gateway.user_s, 0.0)
+
+    @property
+    def gateway_kernel(self) -> ProcessTimes:
+        return ProcessTimes(0.0, self.gateway.kernel_s)
+
     def cores_at(self, rate: float, *, sipp_ms: float | None = None) -> dict[str, float]:
         """Cores each part would take at ``rate`` calls/s, at this step's CPU per call (the SIPp pair's
         at ``sipp_ms`` per call when given: SIPp's own cost per call falls as its rate rises)."""
-        parts = {"gateway user": ProcessTimes(self.gateway.user_s, 0.0),
-                 "gateway kernel": ProcessTimes(0.0, self.gateway.kernel_s),
+        parts = {"gateway user": self.gateway_user, "gateway kernel": self.gateway_kernel,
                  "redis-server": self.redis, "SIPp pair": self.sipp}
         cores = {name: rate * self.per_call_ms(t) / 1000 for name, t in parts.items()}
         if sipp_ms is not None:
@@ -71,9 +78,9 @@ class CpuSplit:
 
     def __str__(self) -> str:
         ms = self.per_call_ms
-        user, kernel = ProcessTimes(self.gateway.user_s, 0.0), ProcessTimes(0.0, self.gateway.kernel_s)
-        return (f"CPU per call: gateway {ms(self.gateway):.2f} ms ({ms(user):.2f} user + {ms(kernel):.2f} kernel), "
-                f"redis-server {ms(self.redis):.2f} ms, SIPp pair {ms(self.sipp):.2f} ms")
+        return (f"CPU per call: gateway {ms(self.gateway):.2f} ms ({ms(self.gateway_user):.2f} user + "
+                f"{ms(self.gateway_kernel):.2f} kernel), redis-server {ms(self.redis):.2f} ms, "
+                f"SIPp pair {ms(self.sipp):.2f} ms")
 
 
 class StepCpu:

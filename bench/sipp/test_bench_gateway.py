@@ -55,7 +55,7 @@ def _budget(split: CpuSplit, rate: int, sipp_ms: float) -> str:
     return (f"budget at {rate:,} calls/s: {sum(cores.values()):.2f} cores ({shares}) of the machine's {machine}; "
             f"the gateway's user code would have to fit {min(left_ms, one_core_ms):.2f} ms per call (what the "
             f"other parts leave: {left_ms:.2f} ms; one core less the gateway's kernel time: {one_core_ms:.2f} ms), "
-            f"against {split.gateway.user_s * 1000 / max(split.calls, 1):.2f} ms now")
+            f"against {split.per_call_ms(split.gateway_user):.2f} ms now")
 
 
 def _setups(world: World, tmp: Path, rate: int, cpu: StepCpu) -> tuple[float, int, int, CpuSplit]:
